@@ -1,0 +1,42 @@
+"""jann: JAX-native vector search.
+
+Indexes are immutable pytrees; `train`, `add`, `remove_ids`, `search`, `range_search`
+are pure functions that work inside your own `jax.jit` code.
+
+    import jann
+    index = jann.index_factory(d, "Flat")
+    index = jann.add(index, xb)
+    D, I = jann.search(index, xq, k=10)
+"""
+
+from jann import ops
+from jann.api import (
+    RangeResult, add, check, ntotal, range_search, range_search_padded, reconstruct,
+    reconstruct_n, remove_ids, reserve, search, stack, train)
+from jann.checkpoint import deserialize, load, save, serialize
+from jann.errors import (
+    CapacityOverflowError, CheckpointError, DuplicateIdError, FactoryStringError,
+    FileFormatError, IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError,
+    NotTrainedError, UnknownMetricError)
+from jann.factory import index_factory
+from jann.flat import FlatIndex
+from jann.ops import (
+    bucket_sort, kmax, kmin, knn, merge_knn_results, normalize_L2, pairwise_distances)
+from jann.selectors import (
+    IDSelector, IDSelectorAll, IDSelectorAnd, IDSelectorArray, IDSelectorBatch,
+    IDSelectorBitmap, IDSelectorNot, IDSelectorOr, IDSelectorRange, IDSelectorXOr)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapacityOverflowError", "CheckpointError", "DuplicateIdError", "FactoryStringError",
+    "FileFormatError", "FlatIndex", "IDSelector", "IDSelectorAll", "IDSelectorAnd",
+    "IDSelectorArray", "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot",
+    "IDSelectorOr", "IDSelectorRange", "IDSelectorXOr", "IdNotFoundError",
+    "InvalidDtypeError", "InvalidInputError", "JannError", "NotTrainedError", "RangeResult",
+    "UnknownMetricError", "add", "bucket_sort", "check", "deserialize", "index_factory",
+    "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
+    "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
+    "reconstruct_n", "remove_ids", "reserve", "save", "search", "serialize", "stack",
+    "train",
+]

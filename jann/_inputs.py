@@ -1,0 +1,96 @@
+"""Turning user inputs into validated arrays, with errors that name the problem.
+
+Accepts numpy arrays, jax arrays, anything that speaks dlpack (torch tensors, cupy, ...)
+and nested sequences. Values (NaN, ranges) are checked only where they are concrete: under
+a user's `jax.jit` the arrays are tracers and the indexes fall back to the documented
+in-graph behaviour (flags in `index.status`, rows with no results).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann.errors import InvalidDtypeError, InvalidInputError
+
+
+def id_dtype() -> np.dtype:
+    """Dtype of ids: int64 when `jax_enable_x64` is on, else int32 (JAX's default width).
+
+    FAISS uses int64 everywhere; with x64 off jann stores int32 ids and refuses ids that do
+    not fit, rather than truncating them.
+    """
+    return np.dtype(np.int64) if jax.config.jax_enable_x64 else np.dtype(np.int32)
+
+
+def is_traced(*trees) -> bool:
+    """True when any leaf is a tracer (we are inside jit / vmap / grad)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+def as_array(x, name: str):
+    """x as a numpy or jax array (zero-copy where the source allows)."""
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return jnp.from_dlpack(x)
+        except Exception as exc:  # e.g. a GPU tensor on a CPU-only jax
+            raise InvalidInputError(f"{name}: cannot import via dlpack: {exc}") from exc
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise InvalidInputError(f"{name}: cannot convert {type(x).__name__} to an array") from exc
+
+
+def _check_numeric(dtype, name: str):
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or \
+            np.issubdtype(dtype, np.bool_):
+        raise InvalidDtypeError(
+            f"{name} must hold real numbers (float or integer dtype), got dtype {dtype}")
+
+
+def as_vectors(x, d: int | None, name: str = "x"):
+    """A (n, d) float array (float32 unless it already is fp16/bf16/fp32), validated."""
+    x = as_array(x, name)
+    if x.ndim != 2:
+        raise InvalidInputError(
+            f"{name} must be a 2-D array (n, d), got shape {tuple(x.shape)}"
+            + ("; use x[None, :] for a single vector" if x.ndim == 1 else ""))
+    _check_numeric(x.dtype, name)
+    if d is not None and x.shape[1] != d:
+        raise InvalidInputError(f"{name} has dimension {x.shape[1]}, the index has d={d}")
+    if x.dtype not in (jnp.float32, jnp.float16, jnp.bfloat16):
+        x = x.astype(np.float32) if isinstance(x, np.ndarray) else x.astype(jnp.float32)
+    return x
+
+
+def check_finite(x, name: str, allow_nan: bool = False):
+    """Raise when concrete x holds inf (or NaN unless allowed); no-op on tracers."""
+    if is_traced(x):
+        return
+    a = np.asarray(x, dtype=np.float32)
+    bad = np.isinf(a) if allow_nan else ~np.isfinite(a)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        what = "inf" if allow_nan else "NaN or inf"
+        raise InvalidInputError(f"{name} contains {what} (first in row {row})")
+
+
+def as_ids(ids, n: int, name: str = "ids"):
+    """User ids as a (n,) array of the id dtype; refuses floats, negatives, overflow."""
+    ids = as_array(ids, name)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise InvalidInputError(f"{name} must have shape ({n},), got {tuple(ids.shape)}")
+    if not np.issubdtype(ids.dtype, np.integer) or np.issubdtype(ids.dtype, np.bool_):
+        raise InvalidDtypeError(f"{name} must be integers, got dtype {ids.dtype}")
+    target = id_dtype()
+    if is_traced(ids):
+        return ids.astype(target)
+    a = np.asarray(ids)
+    if n and (a.min() < 0 or a.max() >= np.iinfo(target).max):
+        raise InvalidInputError(
+            f"{name} must lie in [0, {np.iinfo(target).max}) (id dtype {target}"
+            + ("; enable jax_enable_x64 for int64 ids" if target == np.int32 else "") + ")")
+    return a.astype(target)

@@ -1,0 +1,106 @@
+"""Row storage shared by the indexes: static-capacity buffers with a traced count.
+
+Every index keeps its rows (vectors or codes, ids, cached norms) in buffers whose first
+axis is a static capacity; the number of live rows is a traced scalar. Appending inside
+jit cannot grow a buffer, so an append that does not fit is refused as a whole and
+recorded in a status word instead of dropping vectors; outside jit the API grows the
+buffers by doubling first (`grow`), so n adds cost O(log n) compiles.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann._inputs import id_dtype
+from jann.errors import CapacityOverflowError, DuplicateIdError, InvalidInputError
+
+# Bits of `index.status`: why the last traced write was refused.
+OVERFLOW = 1
+NONFINITE = 2
+DUPLICATE_ID = 4
+
+MIN_CAPACITY = 256
+
+
+def grown_capacity(capacity: int, needed: int) -> int:
+    """The capacity to grow to: doubled until `needed` rows fit (a power of two)."""
+    new = max(capacity, MIN_CAPACITY)
+    while new < needed:
+        new *= 2
+    return new
+
+
+def pad_rows(a: jax.Array, capacity: int, fill=0) -> jax.Array:
+    """a with its first axis padded to `capacity` (host-side growth)."""
+    extra = capacity - a.shape[0]
+    return jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+
+
+def append_rows(buffers, count, rows, n_valid, accept):
+    """Write rows[i][:n_valid] at count.. of each buffer, if `accept` (traced bool).
+
+    Rows past n_valid (bucket padding) and a refused append are scattered out of range and
+    dropped, so live rows can never be overwritten.
+    """
+    n = jax.tree.leaves(rows)[0].shape[0]
+    capacity = jax.tree.leaves(buffers)[0].shape[0]
+    i = jnp.arange(n, dtype=jnp.int32)
+    pos = jnp.where(accept & (i < n_valid), count + i, capacity)
+    return jax.tree.map(lambda b, r: b.at[pos].set(r.astype(b.dtype), mode="drop"), buffers, rows)
+
+
+def compact_rows(buffers, keep):
+    """Keep the rows where `keep`, moved to the front in order; returns (buffers, count)."""
+    capacity = keep.shape[0]
+    target = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, capacity)
+    moved = jax.tree.map(
+        lambda b: jnp.zeros_like(b).at[target].set(b, mode="drop"), buffers)
+    return moved, jnp.sum(keep, dtype=jnp.int32)
+
+
+def _sentinel_keys(ids, valid):
+    return jnp.where(valid, ids, jnp.iinfo(ids.dtype).max)
+
+
+def has_duplicates(ids, valid) -> jax.Array:
+    """True when two valid entries of ids are equal (valid ids are < the dtype's max)."""
+    keys = jnp.sort(_sentinel_keys(ids, valid))
+    return jnp.any((keys[1:] == keys[:-1]) & (keys[1:] != jnp.iinfo(ids.dtype).max))
+
+
+def lookup_ids(stored_ids, valid, wanted):
+    """Row position of each wanted id among the valid stored ids, and whether found."""
+    keys = _sentinel_keys(stored_ids, valid)
+    order = jnp.argsort(keys)
+    sorted_keys = keys[order]
+    pos = jnp.clip(jnp.searchsorted(sorted_keys, wanted), 0, keys.shape[0] - 1)
+    found = (sorted_keys[pos] == wanted) & (wanted != jnp.iinfo(keys.dtype).max)
+    return order[pos].astype(jnp.int32), found
+
+
+def live_mask(capacity: int, count) -> jax.Array:
+    return jnp.arange(capacity, dtype=jnp.int32) < count
+
+
+def empty_ids(capacity: int) -> jax.Array:
+    return jnp.full((capacity,), -1, id_dtype())
+
+
+def raise_for_status(status: int) -> None:
+    """Turn a refused write's status bits into the exception that explains it."""
+    if status & NONFINITE:
+        raise InvalidInputError("the added vectors contain NaN or inf; nothing was added")
+    if status & DUPLICATE_ID:
+        raise DuplicateIdError(
+            "the added ids repeat each other or ids already in the index, which this index "
+            "forbids (IDMap2); nothing was added")
+    if status & OVERFLOW:
+        raise CapacityOverflowError(
+            "an add inside jit did not fit the index capacity and was refused; call "
+            "jann.reserve(index, n) before jitting")
+
+
+def host_int(x) -> int:
+    return int(np.asarray(x))

@@ -1,0 +1,410 @@
+"""The public functions: add, search, range_search, remove_ids, reconstruct, train, ...
+
+Each takes an index (an immutable pytree) and returns results or a new index; none
+mutates. They dispatch to the index's pure cores (`add_core`, `search_core`, ...), and
+around those do what only the host can: validate values, grow capacity by doubling, pad
+batches to a few bucket sizes (so a serving loop compiles once per bucket, not per batch
+size) and turn in-graph status flags into exceptions. Called inside a user's
+`jax.jit` / `vmap` / `grad` (any argument a tracer), they run the cores directly on the
+given shapes; see each function for what it does there with bad values.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann import _storage
+from jann._inputs import as_array, as_ids, as_vectors, check_finite, is_traced
+from jann.errors import (
+    IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
+from jann.ops import distances as dist_ops
+from jann.ops.topk import check_k
+from jann.selectors import IDSelector, IDSelectorBatch
+
+__all__ = [
+    "RangeResult", "add", "check", "ntotal", "range_search", "range_search_padded",
+    "reconstruct", "reconstruct_n", "remove_ids", "reserve", "search", "stack", "train",
+]
+
+# Query batches are padded up to one of these sizes; larger batches run in chunks of the
+# largest. Adds are padded the same way, with coarser sizes (an add of 1 row writes a
+# 1024-row bucket, which is cheap, and keeps compiles to 3 per capacity).
+QUERY_BUCKETS = (16, 64, 256, 1024, 4096)
+ADD_BUCKETS = (1024, 4096, 16384)
+# Range search result buffers hold at most this many (query, match) slots per call.
+RANGE_SLOTS = 1 << 24
+
+
+def _bucket(n: int, buckets) -> int:
+    return next((b for b in buckets if b >= n), buckets[-1])
+
+
+def _pad_rows_np_or_jit(x, rows: int):
+    if x.shape[0] == rows:
+        return x
+    if isinstance(x, np.ndarray):
+        out = np.zeros((rows,) + x.shape[1:], x.dtype)
+        out[: x.shape[0]] = x
+        return out
+    return _pad_jit(x, rows)
+
+
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _pad_jit(x, rows):
+    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def _chunks(n: int, size: int):
+    return [(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
+
+
+def _require_trained(index, what: str):
+    if not index.is_trained:
+        raise NotTrainedError(
+            f"{what} on an untrained {index.describe()} index: call jann.train(index, x) first")
+
+
+def _row_ok(index, x):
+    """Per-row: finite (NaN allowed where the metric treats it as a missing value)."""
+    if index.metric in dist_ops.NAN_TOLERANT:
+        return ~jnp.any(jnp.isinf(x), axis=1)
+    return jnp.all(jnp.isfinite(x), axis=1)
+
+
+def _host_view(x):
+    return np.asarray(x)
+
+
+def _to_jax(a):
+    return jax.device_put(np.ascontiguousarray(a))
+
+
+# ----------------------------------------------------------------------------- train
+def train(index, x, key=None, **kwargs):
+    """Train the index on x (n, d) and return the trained index (a no-op for Flat).
+
+    `key` is a `jax.random` key for whatever is random in training (k-means init,
+    sampling); the same key and data give the same index.
+    """
+    x = as_vectors(x, index.d, "training vectors")
+    check_finite(x, "training vectors", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
+    trainer = getattr(index, "train", None)
+    return index if trainer is None else trainer(x, key=key, **kwargs)
+
+
+# ------------------------------------------------------------------------------- add
+@jax.jit
+def _add_jit(index, x, n_valid, ids):
+    return index.add_core(x, n_valid, ids, _row_ok(index, x))
+
+
+def reserve(index, n: int):
+    """Grow the index (host side) so n more rows fit; do this before adding inside jit."""
+    needed = _storage.host_int(index.count) + operator.index(n)
+    if needed <= index.capacity:
+        return index
+    return index.grown(_storage.grown_capacity(index.capacity, needed))
+
+
+def add(index, x, ids=None):
+    """Add vectors x (n, d), with user ids for "IDMap" indexes; returns the new index.
+
+    Outside jit: capacity grows by doubling as needed, the batch is padded to a bucket
+    size, and NaN / inf vectors or (IDMap2) duplicate ids raise, leaving the given index
+    as it was. Inside jit: shapes are static, so an add that does not fit (or has bad
+    rows) is refused as a whole and `index.status` records why; `jann.check(index)`
+    raises for it outside jit. Reserve room first with `jann.reserve`.
+    """
+    _require_trained(index, "add")
+    x = as_vectors(x, index.d, "x")
+    n = x.shape[0]
+    if ids is None and index.id_mode != "sequential":
+        raise InvalidInputError(
+            f"{index.describe()} stores user ids: call jann.add(index, x, ids=...)")
+    if ids is not None and index.id_mode == "sequential":
+        raise InvalidInputError(
+            f"{index.describe()} numbers vectors itself and takes no ids; build the index "
+            f"with 'IDMap,{index.describe()}' to give your own ids")
+    if ids is not None:
+        ids = as_ids(ids, n)
+    if is_traced(index, x, ids):
+        return index.add_core(x, n, ids, _row_ok(index, x))
+    if n == 0:
+        return index
+    check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
+    status_before = _storage.host_int(index.status)
+    for start, stop in _chunks(n, ADD_BUCKETS[-1]):
+        rows = stop - start
+        index = reserve(index, rows)
+        bucket = _bucket(rows, ADD_BUCKETS)
+        chunk_ids = None if ids is None else _pad_rows_np_or_jit(ids[start:stop], bucket)
+        index = _add_jit(index, _pad_rows_np_or_jit(x[start:stop], bucket),
+                         jnp.int32(rows), chunk_ids)
+        _storage.raise_for_status(_storage.host_int(index.status) & ~status_before)
+    return index
+
+
+def check(index):
+    """Raise the error a refused in-jit write recorded in `index.status`; else return it."""
+    _storage.raise_for_status(_storage.host_int(index.status))
+    return index
+
+
+def ntotal(index) -> int:
+    """Number of vectors in the index (FAISS `ntotal`)."""
+    return _storage.host_int(index.count)
+
+
+# ---------------------------------------------------------------------------- search
+def _search_params(index, params: dict) -> tuple:
+    checker = getattr(index, "check_search_params", None)
+    if checker is None:
+        if params:
+            raise InvalidInputError(
+                f"{index.describe()} takes no search parameters, got {sorted(params)}")
+        return ()
+    return tuple(sorted(checker(**params).items()))
+
+
+def _check_selector(selector):
+    if selector is not None and not isinstance(selector, IDSelector):
+        raise InvalidInputError(
+            f"selector must be a jann.IDSelector*, got {type(selector).__name__}")
+
+
+def _search_impl(index, xq, k, selector, params):
+    ok = _row_ok(index, xq)
+    distances, ids = index.search_core(xq, k, selector, **dict(params))
+    fill = -jnp.inf if dist_ops.is_similarity(index.metric) else jnp.inf
+    distances = jnp.where(ok[:, None], distances, fill)
+    return distances, jnp.where(ok[:, None], ids, -1), ok
+
+
+@functools.partial(jax.jit, static_argnames=("k", "params"))
+def _search_jit(index, xq, k, selector, params):
+    return _search_impl(index, xq, k, selector, params)
+
+
+def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
+    """The k nearest stored vectors of each query: (distances (nq, k) float32, ids (nq, k)).
+
+    Distances are the metric's values (squared L2; inner products for ip/cosine, in
+    descending order). Missing results are id -1 with distance +inf (-inf for
+    similarities). `selector` restricts results to the ids it accepts (exact top-k among
+    them). Search-time knobs (nprobe, ...) are keyword arguments. Outside jit, queries
+    containing NaN / inf raise; inside jit such a query's row comes back empty (-1).
+    """
+    k = check_k(k)
+    _require_trained(index, "search")
+    _check_selector(selector)
+    params = _search_params(index, params)
+    xq = as_vectors(xq, index.d, "queries")
+    if is_traced(index, xq, selector):
+        return _search_impl(index, xq, k, selector, params)[:2]
+    nq = xq.shape[0]
+    out_d, out_i = [], []
+    for start, stop in _chunks(nq, QUERY_BUCKETS[-1]):
+        chunk = _pad_rows_np_or_jit(xq[start:stop], _bucket(stop - start, QUERY_BUCKETS))
+        distances, ids, ok = _search_jit(index, chunk, k, selector, params)
+        ok = _host_view(ok)[: stop - start]
+        if not ok.all():
+            raise InvalidInputError(
+                f"queries contain NaN or inf (first in row {start + int(np.argmin(ok))})")
+        out_d.append(_host_view(distances)[: stop - start])
+        out_i.append(_host_view(ids)[: stop - start])
+    return _to_jax(np.concatenate(out_d)), _to_jax(np.concatenate(out_i))
+
+
+# ---------------------------------------------------------------------- range search
+class RangeResult(NamedTuple):
+    """Fixed-size range search results (for use inside jit).
+
+    counts: (nq,) true number of matches per query (may exceed the capacity);
+    distances, ids: (nq, capacity), matches first (in storage order), then +inf / -1;
+    overflow: () bool, some query had more matches than the capacity.
+    """
+
+    counts: jax.Array
+    distances: jax.Array
+    ids: jax.Array
+    overflow: jax.Array
+
+
+def _check_radius(index, radius):
+    if is_traced(radius):
+        return radius
+    if isinstance(radius, (bool, np.bool_)) or not np.isscalar(radius) and np.ndim(radius):
+        raise InvalidInputError(f"radius must be a scalar, got {radius!r}")
+    try:
+        r = float(radius)
+    except (TypeError, ValueError):
+        raise InvalidDtypeError(f"radius must be a number, got {radius!r}") from None
+    if np.isnan(r):
+        raise InvalidInputError("radius is NaN")
+    if r < 0 and not dist_ops.is_similarity(index.metric):
+        raise InvalidInputError(
+            f"radius must be >= 0 for the {index.metric} distance, got {r}")
+    return r
+
+
+def _range_impl(index, xq, radius, capacity, selector, params):
+    ok = _row_ok(index, xq)
+    counts, distances, ids = index.range_core(xq, radius, capacity, selector, **dict(params))
+    counts = jnp.where(ok, counts, 0)
+    ids = jnp.where(ok[:, None], ids, -1)
+    return RangeResult(counts, distances, ids, jnp.any(counts > capacity)), ok
+
+
+@functools.partial(jax.jit, static_argnames=("capacity", "params"))
+def _range_jit(index, xq, radius, capacity, selector, params):
+    return _range_impl(index, xq, radius, capacity, selector, params)
+
+
+def _range_prologue(index, xq, radius, selector, params):
+    _require_trained(index, "range_search")
+    _check_selector(selector)
+    return (as_vectors(xq, index.d, "queries"), _check_radius(index, radius),
+            _search_params(index, params))
+
+
+def range_search_padded(index, xq, radius, max_results: int, *,
+                        selector: IDSelector | None = None, **params) -> RangeResult:
+    """Range search into fixed (nq, max_results) buffers: the form that works inside jit.
+
+    Check `result.overflow` (or `counts > max_results`) for queries whose matches did not
+    all fit; a query with NaN / inf gets no matches.
+    """
+    xq, radius, params = _range_prologue(index, xq, radius, selector, params)
+    capacity = check_k(max_results)
+    if is_traced(index, xq, radius, selector):
+        return _range_impl(index, xq, radius, capacity, selector, params)[0]
+    return _range_jit(index, xq, radius, capacity, selector, params)[0]
+
+
+def range_search(index, xq, radius, *, selector: IDSelector | None = None, **params):
+    """All stored vectors within `radius` of each query, in FAISS's layout.
+
+    Returns (lims (nq + 1,), distances, ids): query i's matches are
+    distances[lims[i]:lims[i+1]], in storage order. Matches are distance < radius (for
+    similarities: value > radius). Exact, whatever the number of matches: buffers that
+    overflow are resized once to the exact size. Outside jit only (the result size is
+    data-dependent); inside jit use `range_search_padded`.
+    """
+    xq, radius, params = _range_prologue(index, xq, radius, selector, params)
+    if is_traced(index, xq, radius, selector):
+        raise InvalidInputError(
+            "range_search returns variable-size results and cannot run inside jit; use "
+            "jann.range_search_padded(index, xq, radius, max_results)")
+
+    def run(queries, capacity):
+        bucket = _bucket(queries.shape[0], QUERY_BUCKETS)
+        result, ok = _range_jit(index, _pad_rows_np_or_jit(queries, bucket), radius,
+                                capacity, selector, params)
+        n = queries.shape[0]
+        ok = _host_view(ok)[:n]
+        if not ok.all():
+            raise InvalidInputError(f"queries contain NaN or inf (row {int(np.argmin(ok))})")
+        return (_host_view(result.counts)[:n], _host_view(result.distances)[:n],
+                _host_view(result.ids)[:n])
+
+    counts_all, dist_parts, id_parts = [], [], []
+    for start, stop in _chunks(xq.shape[0], 1024):
+        capacity = 64
+        counts, distances, ids = run(xq[start:stop], capacity)
+        if counts.max(initial=0) > capacity:
+            capacity = 1 << int(counts.max() - 1).bit_length()
+            rows = max(1, RANGE_SLOTS // capacity)
+            parts = [run(xq[start:stop][s:e], capacity)
+                     for s, e in _chunks(stop - start, rows)]
+            counts, distances, ids = (np.concatenate(p) for p in zip(*parts))
+        keep = np.arange(distances.shape[1])[None, :] < counts[:, None]
+        counts_all.append(counts)
+        dist_parts.append(distances[keep])
+        id_parts.append(ids[keep])
+    counts = np.concatenate(counts_all)
+    lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if jax.config.jax_enable_x64
+                                                         else np.int32)
+    return _to_jax(lims), _to_jax(np.concatenate(dist_parts)), _to_jax(np.concatenate(id_parts))
+
+
+# ------------------------------------------------------------------- remove, reconstruct
+@jax.jit
+def _remove_jit(index, selector):
+    return index.remove_core(selector)
+
+
+def remove_ids(index, selector):
+    """Remove the vectors whose ids `selector` accepts: returns (new index, n_removed).
+
+    `selector` is an IDSelector, or a collection of ids (wrapped in IDSelectorBatch).
+    Sequentially numbered indexes renumber the remaining vectors 0..n-1, as FAISS's
+    IndexFlat does; IDMap indexes keep their ids.
+    """
+    _require_trained(index, "remove_ids")
+    if not isinstance(selector, IDSelector):
+        selector = IDSelectorBatch(selector)
+    if is_traced(index, selector):
+        return index.remove_core(selector)
+    new, removed = _remove_jit(index, selector)
+    return new, _storage.host_int(removed)
+
+
+@jax.jit
+def _reconstruct_jit(index, ids):
+    return index.reconstruct_core(ids)
+
+
+def reconstruct(index, ids):
+    """Stored vectors (float32) for the given ids: (m, d), or (d,) for a single id.
+
+    Unknown ids raise IdNotFoundError outside jit; inside jit their rows are NaN. For
+    cosine indexes the stored (normalised) vectors come back.
+    """
+    single = np.ndim(ids) == 0 and not is_traced(ids)
+    ids = as_array(ids, "ids")
+    if not np.issubdtype(ids.dtype, np.integer) or np.issubdtype(ids.dtype, np.bool_):
+        raise InvalidDtypeError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = jnp.atleast_1d(jnp.asarray(ids).astype(index.ids.dtype))
+    if is_traced(index, ids):
+        return index.reconstruct_core(ids)[0]
+    if index.capacity == 0:
+        raise IdNotFoundError(f"id {int(ids[0])} is not in the (empty) index")
+    vectors, found = _reconstruct_jit(index, ids)
+    found = _host_view(found)
+    if not found.all():
+        raise IdNotFoundError(f"id {int(ids[int(np.argmin(found))])} is not in the index")
+    return vectors[0] if single else vectors
+
+
+def reconstruct_n(index, i0: int, n: int):
+    """The vectors stored at positions i0 .. i0+n-1 (insertion order), float32 (n, d)."""
+    i0, n = operator.index(i0), operator.index(n)
+    total = ntotal(index)
+    if i0 < 0 or n < 0 or i0 + n > total:
+        raise InvalidInputError(f"reconstruct_n({i0}, {n}) is outside [0, {total})")
+    return index.vectors[i0:i0 + n].astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------- stack
+def stack(indexes):
+    """Stack same-configuration indexes along a new leading axis, for `jax.vmap`.
+
+    Capacities are padded to the largest, so `jax.vmap(lambda i, q: jann.search(i, q, k))`
+    searches all of them in one compiled call (e.g. one small index per user).
+    """
+    indexes = list(indexes)
+    if not indexes:
+        raise InvalidInputError("stack needs at least one index")
+    capacity = max(i.capacity for i in indexes)
+    grown = [i if i.capacity == capacity else i.grown(capacity) for i in indexes]
+    treedefs = {jax.tree.structure(i) for i in grown}
+    if len(treedefs) != 1:
+        raise InvalidInputError("stack needs indexes of the same type and configuration")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *grown)
+

@@ -1,0 +1,280 @@
+"""Checkpoints: `save` / `load` (Orbax for the arrays), `serialize` / `deserialize` (bytes).
+
+An index is a dataclass pytree: its array fields go to storage, its static fields (and
+the nesting of sub-indexes) to a small JSON document with a format version and a SHA-256
+of every array, so a truncated or tampered checkpoint fails loudly instead of loading
+wrong vectors. Nothing is pickled: loading untrusted data never runs code.
+
+On disk a checkpoint is a directory:
+
+    path/LATEST          name of the current version, replaced atomically (os.replace)
+    path/v000007/        config.json + arrays/ (an Orbax checkpoint)
+
+A save writes a new version next to the old one and only then swaps LATEST, so a crash or
+an exception mid-save leaves the previous checkpoint loadable; older versions are deleted
+after the swap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import struct
+import uuid
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann.errors import CheckpointError
+from jann import flat  # noqa: F401  (registers FlatIndex in INDEX_TYPES)
+from jann._pytree import INDEX_TYPES
+
+__all__ = ["save", "load", "serialize", "deserialize", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_FORMAT = "jann-index"
+_MAGIC = b"JANNIDX\x00"
+_LATEST = "LATEST"
+
+
+def _is_index(obj) -> bool:
+    return type(obj).__name__ in INDEX_TYPES and dataclasses.is_dataclass(obj)
+
+
+def _json_meta(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, tuple):
+        return [_json_meta(v) for v in value]
+    raise CheckpointError(f"cannot store static field value {value!r}")
+
+
+def _hashable_meta(value):
+    return tuple(_hashable_meta(v) for v in value) if isinstance(value, list) else value
+
+
+def _to_state(index, prefix=""):
+    """(JSON tree, {array name: numpy array}) of an index, recursing into sub-indexes."""
+    meta_names = set(type(index).META_FIELDS)
+    tree = {"type": type(index).__name__, "meta": {}, "fields": {}}
+    arrays = {}
+    for f in dataclasses.fields(index):
+        value = getattr(index, f.name)
+        if f.name in meta_names:
+            tree["meta"][f.name] = _json_meta(value)
+        elif value is None:
+            tree["fields"][f.name] = None
+        elif _is_index(value):
+            sub_tree, sub_arrays = _to_state(value, f"{prefix}{f.name}.")
+            tree["fields"][f.name] = sub_tree
+            arrays.update(sub_arrays)
+        else:
+            name = prefix + f.name
+            tree["fields"][f.name] = {"array": name}
+            arrays[name] = np.asarray(value)
+    return tree, arrays
+
+
+def _from_state(tree, arrays):
+    types = INDEX_TYPES
+    if not isinstance(tree, dict) or tree.get("type") not in types:
+        raise CheckpointError(f"unknown index type in checkpoint: {tree.get('type')!r}")
+    kwargs = {k: _hashable_meta(v) for k, v in tree.get("meta", {}).items()}
+    for name, spec in tree.get("fields", {}).items():
+        if spec is None:
+            kwargs[name] = None
+        elif "array" in spec:
+            kwargs[name] = jnp.asarray(arrays[spec["array"]])
+        else:
+            kwargs[name] = _from_state(spec, arrays)
+    try:
+        return types[tree["type"]](**kwargs)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint does not match {tree['type']}: {exc}") from exc
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _array_specs(arrays: dict) -> dict:
+    return {name: {"dtype": a.dtype.name, "shape": list(a.shape), "sha256": _digest(a)}
+            for name, a in arrays.items()}
+
+
+def _config(index) -> tuple[dict, dict]:
+    tree, arrays = _to_state(index)
+    from jann import __version__
+    return {"format": _FORMAT, "version": FORMAT_VERSION, "jann_version": __version__,
+            "index": tree, "arrays": _array_specs(arrays)}, arrays
+
+
+def _check_config(config, where: str) -> None:
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        raise CheckpointError(f"{where} is not a jann index checkpoint")
+    version = config.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} was written in checkpoint format {version!r}; this jann reads format "
+            f"<= {FORMAT_VERSION}: upgrade jann")
+
+
+def _verified(config, arrays, where: str):
+    specs = config.get("arrays", {})
+    for name, spec in specs.items():
+        if name not in arrays:
+            raise CheckpointError(f"{where}: array {name!r} is missing")
+        a = arrays[name]
+        if a.dtype.name != spec["dtype"] or list(a.shape) != spec["shape"] or \
+                _digest(a) != spec["sha256"]:
+            raise CheckpointError(f"{where}: array {name!r} does not match its checksum "
+                                  "(truncated or modified)")
+    return _from_state(config["index"], arrays)
+
+
+# --------------------------------------------------------------------------- bytes
+def serialize(index) -> bytes:
+    """The index as bytes: magic, format version, JSON header, raw little-endian arrays."""
+    config, arrays = _config(index)
+    offset = 0
+    for name, a in arrays.items():
+        config["arrays"][name]["offset"] = offset
+        offset += a.nbytes
+    header = json.dumps(config, sort_keys=True).encode()
+    body = b"".join(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+                    for a in arrays.values())
+    return _MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + header + body
+
+
+def deserialize(data: bytes):
+    """Inverse of `serialize`; raises CheckpointError on anything malformed."""
+    where = "serialized index"
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CheckpointError(f"deserialize needs bytes, got {type(data).__name__}")
+    data = bytes(data)
+    fixed = len(_MAGIC) + struct.calcsize("<IQ")
+    if len(data) < fixed or not data.startswith(_MAGIC):
+        raise CheckpointError(f"{where}: not jann index bytes (bad magic)")
+    version, header_len = struct.unpack_from("<IQ", data, len(_MAGIC))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format {version} is newer than this jann reads "
+                              f"({FORMAT_VERSION}): upgrade jann")
+    if fixed + header_len > len(data):
+        raise CheckpointError(f"{where}: truncated header")
+    try:
+        config = json.loads(data[fixed:fixed + header_len])
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: corrupt header") from exc
+    _check_config(config, where)
+    body = memoryview(data)[fixed + header_len:]
+    arrays = {}
+    try:
+        for name, spec in config["arrays"].items():
+            dtype = np.dtype(jnp.dtype(spec["dtype"])).newbyteorder("<")
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            start = int(spec["offset"])
+            if start < 0 or start + count * dtype.itemsize > len(body):
+                raise CheckpointError(f"{where}: truncated (array {name!r} past the end)")
+            arrays[name] = np.frombuffer(body, dtype, count, start).reshape(
+                spec["shape"]).astype(dtype.newbyteorder("="))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{where}: corrupt array table ({exc})") from exc
+    return _verified(config, arrays, where)
+
+
+# ---------------------------------------------------------------------------- disk
+def _checkpointer():
+    import orbax.checkpoint as ocp
+    return ocp.StandardCheckpointer()
+
+
+def _current_version(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, _LATEST)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def save(index, path) -> str:
+    """Write the index to directory `path` atomically; returns the version written.
+
+    The previous checkpoint at `path` stays loadable until the new one is complete.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{path} exists and is not a checkpoint directory")
+    if os.path.isdir(path) and os.listdir(path) and _current_version(path) is None:
+        raise CheckpointError(f"{path} is a non-empty directory that is not a jann "
+                              "checkpoint; refusing to write into it")
+    os.makedirs(path, exist_ok=True)
+    config, arrays = _config(index)
+    previous = _current_version(path)
+    number = int(previous[1:]) + 1 if previous and previous[1:].isdigit() else 1
+    version = f"v{number:06d}"
+    staging = os.path.join(path, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(staging)
+        stored = {name: a for name, a in arrays.items() if a.size}  # Orbax refuses 0-size
+        if stored:
+            checkpointer = _checkpointer()
+            checkpointer.save(os.path.join(staging, "arrays"), stored)
+            checkpointer.wait_until_finished()
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, os.path.join(path, version))
+        latest_tmp = os.path.join(path, f".{_LATEST}.{uuid.uuid4().hex[:8]}")
+        with open(latest_tmp, "w") as f:
+            f.write(version)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(latest_tmp, os.path.join(path, _LATEST))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for entry in os.listdir(path):
+        if entry != version and entry != _LATEST and (
+                entry.startswith("v") or entry.startswith(".")):
+            full = os.path.join(path, entry)
+            shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
+    return version
+
+
+def load(path):
+    """Read the index saved at `path` (its latest complete version)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path} is not a jann checkpoint (no such directory)")
+    version = _current_version(path)
+    if version is None or not os.path.isdir(os.path.join(path, version)):
+        raise CheckpointError(f"{path} is not a jann checkpoint (no {_LATEST} version)")
+    where = f"checkpoint {path} ({version})"
+    try:
+        with open(os.path.join(path, version, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{where}: unreadable config.json ({exc})") from exc
+    _check_config(config, where)
+    arrays = {}
+    try:
+        specs = config["arrays"]
+        stored = [n for n, s in specs.items() if int(np.prod(s["shape"])) > 0]
+        if stored:
+            restored = _checkpointer().restore(os.path.join(path, version, "arrays"))
+            arrays.update({n: np.asarray(restored[n]) for n in stored})
+        for name, spec in specs.items():
+            if name not in arrays:
+                arrays[name] = np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # Orbax / tensorstore raise many types on corrupt data
+        raise CheckpointError(f"{where}: cannot read arrays ({type(exc).__name__}: {exc})"
+                              ) from exc
+    return _verified(config, arrays, where)

@@ -1,0 +1,1 @@
+"""Data files shipped with jann (see README.md in this folder)."""

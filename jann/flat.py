@@ -1,0 +1,161 @@
+"""Flat index: exact search over vectors stored as they are (FAISS `IndexFlat`, `IDMap`).
+
+Storage is float32, float16 or bfloat16 (`dtype=`); distances always accumulate in
+float32. Search streams the stored vectors in tiles (`jann.ops.knn_scan`), so memory stays
+bounded for any size. Ids: `id_mode="sequential"` numbers vectors 0, 1, ... in insertion
+order and renumbers after a removal (as `IndexFlat.remove_ids`); "idmap" stores the ids the
+user gives (duplicates allowed, as `IndexIDMap`); "idmap2" also requires them unique
+(as `IndexIDMap2`, whose reverse map needs that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jann import _storage
+from jann._pytree import index_pytree
+from jann.ops import distances as dist_ops
+from jann.ops.knn import knn_scan
+from jann.ops.range_search import range_scan
+
+ID_MODES = ("sequential", "idmap", "idmap2")
+STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
+
+@index_pytree(data=("vectors", "sqnorms", "ids", "count", "status"),
+              meta=("metric", "metric_arg", "id_mode"))
+@dataclasses.dataclass(frozen=True)
+class FlatIndex:
+    """Exact-search index. Fields that are arrays are pytree leaves; the rest is static.
+
+    vectors: (capacity, d) stored rows (L2-normalised when metric is cosine).
+    sqnorms: (capacity,) float32 squared norms of the stored rows (used by l2).
+    ids:     (capacity,) ids of the rows.
+    count:   () int32 number of live rows (the first `count`).
+    status:  () int32 bits explaining a refused traced write (see `jann.check`).
+    """
+
+    vectors: jax.Array
+    sqnorms: jax.Array
+    ids: jax.Array
+    count: jax.Array
+    status: jax.Array
+    metric: str = "l2"
+    metric_arg: float = 2.0
+    id_mode: str = "sequential"
+
+    # --- construction and shape -------------------------------------------------------
+    @classmethod
+    def empty(cls, d: int, metric: str = "l2", *, metric_arg: float = 2.0,
+              dtype: str = "float32", id_mode: str = "sequential", capacity: int = 0):
+        return cls(
+            vectors=jnp.zeros((capacity, d), STORAGE_DTYPES[dtype]),
+            sqnorms=jnp.zeros((capacity,), jnp.float32),
+            ids=_storage.empty_ids(capacity),
+            count=jnp.zeros((), jnp.int32),
+            status=jnp.zeros((), jnp.int32),
+            metric=metric, metric_arg=float(metric_arg), id_mode=id_mode)
+
+    @property
+    def d(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def dtype(self) -> str:
+        return jnp.dtype(self.vectors.dtype).name
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        base = "Flat" if self.dtype == "float32" else f"Flat({self.dtype})"
+        return {"sequential": base, "idmap": f"IDMap,{base}", "idmap2": f"IDMap2,{base}"}[
+            self.id_mode]
+
+    def grown(self, capacity: int) -> "FlatIndex":
+        """A copy with room for `capacity` rows (host side; changes the static shapes)."""
+        return dataclasses.replace(
+            self,
+            vectors=_storage.pad_rows(self.vectors, capacity),
+            sqnorms=_storage.pad_rows(self.sqnorms, capacity),
+            ids=_storage.pad_rows(self.ids, capacity, -1))
+
+    def live(self) -> jax.Array:
+        return _storage.live_mask(self.capacity, self.count)
+
+    # --- pure cores (traceable; the public API validates and batches around them) -----
+    def prepare_queries(self, xq):
+        return dist_ops.normalize_L2(xq) if self.metric == "cosine" else xq.astype(jnp.float32)
+
+    def add_core(self, x, n_valid, ids, valid_rows):
+        """Append x[:n_valid] (with ids, or sequential ids when ids is None)."""
+        x = self.prepare_queries(x)
+        stored = x.astype(self.vectors.dtype)
+        n = x.shape[0]
+        if ids is None:
+            ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
+        new_valid = jnp.arange(n) < n_valid
+        status = jnp.where(jnp.all(valid_rows | ~new_valid), 0, _storage.NONFINITE)
+        status |= jnp.where(self.count + n_valid > self.capacity, _storage.OVERFLOW, 0)
+        if self.id_mode == "idmap2":
+            dup = _storage.has_duplicates(
+                jnp.concatenate([self.ids, ids.astype(self.ids.dtype)]),
+                jnp.concatenate([self.live(), new_valid]))
+            status |= jnp.where(dup, _storage.DUPLICATE_ID, 0)
+        accept = status == 0
+        vectors, sqnorms, stored_ids = _storage.append_rows(
+            (self.vectors, self.sqnorms, self.ids), self.count,
+            (stored, dist_ops.squared_norms(stored), ids), n_valid, accept)
+        return dataclasses.replace(
+            self, vectors=vectors, sqnorms=sqnorms, ids=stored_ids,
+            count=jnp.where(accept, self.count + n_valid, self.count).astype(jnp.int32),
+            status=self.status | status)
+
+    def allowed(self, selector):
+        live = self.live()
+        return live if selector is None else live & selector(self.ids)
+
+    def _row_ids(self, rows):
+        return jnp.where(rows >= 0, self.ids[jnp.maximum(rows, 0)], -1)
+
+    def search_core(self, xq, k: int, selector=None):
+        distances, rows = knn_scan(
+            self.prepare_queries(xq), self.vectors, k, self.metric, self.metric_arg,
+            xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector))
+        return distances, self._row_ids(rows)
+
+    def range_core(self, xq, radius, capacity: int, selector=None):
+        counts, distances, rows = range_scan(
+            self.prepare_queries(xq), self.vectors, radius, capacity, self.metric,
+            self.metric_arg, xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector))
+        return counts, distances, self._row_ids(rows)
+
+    def remove_core(self, selector):
+        live = self.live()
+        removed = live & selector(self.ids)
+        (vectors, sqnorms, ids), count = _storage.compact_rows(
+            (self.vectors, self.sqnorms, self.ids), live & ~removed)
+        if self.id_mode == "sequential":
+            ids = jnp.arange(self.capacity, dtype=self.ids.dtype)
+        return dataclasses.replace(self, vectors=vectors, sqnorms=sqnorms, ids=ids,
+                                   count=count), jnp.sum(removed, dtype=jnp.int32)
+
+    def reconstruct_core(self, ids):
+        """Stored vectors (float32) of the given ids, and which ids were found."""
+        if self.id_mode == "sequential":
+            rows = ids.astype(jnp.int32)
+            found = (ids >= 0) & (ids < self.count)
+        else:
+            rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype))
+        out = self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))].astype(jnp.float32)
+        return jnp.where(found[:, None], out, jnp.nan), found
+
+

@@ -1,0 +1,193 @@
+"""ID selectors: which ids a `remove_ids` removes, or a filtered `search` may return.
+
+FAISS's `IDSelector*` family as pytrees: every selector is a function of an id array
+(`sel(ids) -> bool mask`) that runs inside jit, so the same object filters during a
+search (the exact top-k among allowed ids, not a post-filtered shorter list) and picks
+what to remove. Array contents are leaves, so a new id list of the same padded size does
+not recompile. Combine with `~`, `&`, `|`, `^` or the FAISS names `IDSelectorNot/And/Or/XOr`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann._inputs import as_array, id_dtype
+from jann.errors import InvalidDtypeError, InvalidInputError
+
+__all__ = [
+    "IDSelector", "IDSelectorAll", "IDSelectorAnd", "IDSelectorArray", "IDSelectorBatch",
+    "IDSelectorBitmap", "IDSelectorNot", "IDSelectorOr", "IDSelectorRange", "IDSelectorXOr",
+]
+
+
+class IDSelector:
+    """Base class: `sel(ids)` -> bool array of the same shape as ids.
+
+    Subclasses list their pytree children in `_children`; `__init__` validates user input,
+    while unflattening (inside jax transformations) bypasses it, since leaves may then be
+    tracers.
+    """
+
+    _children: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fields = cls._children
+
+        def flatten(sel):
+            return [getattr(sel, f) for f in fields], None
+
+        def unflatten(_, children):
+            sel = object.__new__(cls)
+            sel.__dict__.update(zip(fields, children))
+            return sel
+
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self):
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._children)
+        return f"{type(self).__name__}({inner})"
+
+    def __invert__(self):
+        return IDSelectorNot(self)
+
+    def __and__(self, other):
+        return IDSelectorAnd(self, other)
+
+    def __or__(self, other):
+        return IDSelectorOr(self, other)
+
+    def __xor__(self, other):
+        return IDSelectorXOr(self, other)
+
+
+def _integer(x, name):
+    a = as_array(x, name)
+    if not np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_):
+        raise InvalidDtypeError(f"{name} must be integers, got {x!r} (dtype {a.dtype})")
+    return a
+
+
+def _selector(x, name):
+    if not isinstance(x, IDSelector):
+        raise InvalidInputError(f"{name} must be an IDSelector, got {type(x).__name__}")
+    return x
+
+
+class IDSelectorAll(IDSelector):
+    """Every id."""
+
+    def __call__(self, ids):
+        return jnp.ones(jnp.shape(ids), bool)
+
+
+class IDSelectorRange(IDSelector):
+    """imin <= id < imax."""
+
+    _children = ("imin", "imax")
+
+    def __init__(self, imin, imax):
+        self.imin = jnp.asarray(_integer(imin, "IDSelectorRange imin"), id_dtype())
+        self.imax = jnp.asarray(_integer(imax, "IDSelectorRange imax"), id_dtype())
+
+    def __call__(self, ids):
+        return (ids >= self.imin) & (ids < self.imax)
+
+
+class IDSelectorBatch(IDSelector):
+    """Ids in a given collection (FAISS's IDSelectorBatch and IDSelectorArray).
+
+    Stored sorted and padded to a power of two (padding repeats the largest id), so a
+    membership test is one `searchsorted` and sets of similar size share a compile.
+    """
+
+    _children = ("sorted_ids", "size")
+
+    def __init__(self, ids):
+        a = np.unique(np.asarray(_integer(ids, "IDSelectorBatch ids")).reshape(-1))
+        n = a.shape[0]
+        padded = 1 << max(0, (max(n, 1) - 1).bit_length())
+        fill = a[-1] if n else 0
+        a = np.concatenate([a, np.full(padded - n, fill, a.dtype)]).astype(id_dtype())
+        self.sorted_ids = jnp.asarray(a)
+        self.size = jnp.asarray(n, jnp.int32)
+
+    def __call__(self, ids):
+        pos = jnp.clip(jnp.searchsorted(self.sorted_ids, ids), 0, self.sorted_ids.shape[0] - 1)
+        return (pos < self.size) & (self.sorted_ids[pos] == ids)
+
+
+IDSelectorArray = IDSelectorBatch
+
+
+class IDSelectorBitmap(IDSelector):
+    """Id i is selected when bit (i & 7) of bitmap[i >> 3] is set (FAISS's layout).
+
+    Accepts the packed uint8 bitmap, or a bool mask of length n (packed for you).
+    """
+
+    _children = ("bitmap",)
+
+    def __init__(self, bitmap):
+        a = as_array(bitmap, "IDSelectorBitmap bitmap")
+        if a.dtype == np.bool_:
+            a = np.packbits(np.asarray(a), bitorder="little")
+        if a.dtype != np.uint8 or a.ndim != 1:
+            raise InvalidInputError(
+                "IDSelectorBitmap takes a 1-D uint8 bitmap or a 1-D bool mask, got "
+                f"dtype {a.dtype}, shape {tuple(a.shape)}")
+        self.bitmap = jnp.asarray(a)
+
+    def __call__(self, ids):
+        n_bits = self.bitmap.shape[0] * 8
+        inside = (ids >= 0) & (ids < n_bits)
+        safe = jnp.where(inside, ids, 0)
+        byte = self.bitmap[safe >> 3]
+        return inside & (((byte >> (safe & 7).astype(jnp.uint8)) & 1) == 1)
+
+
+class IDSelectorNot(IDSelector):
+    """Ids the wrapped selector rejects."""
+
+    _children = ("sel",)
+
+    def __init__(self, sel):
+        self.sel = _selector(sel, "IDSelectorNot argument")
+
+    def __call__(self, ids):
+        return ~self.sel(ids)
+
+
+class _Binary(IDSelector):
+    _children = ("lhs", "rhs")
+
+    def __init__(self, lhs, rhs):
+        name = type(self).__name__
+        self.lhs = _selector(lhs, f"{name} lhs")
+        self.rhs = _selector(rhs, f"{name} rhs")
+
+
+class IDSelectorAnd(_Binary):
+    """Ids both selectors accept."""
+
+    def __call__(self, ids):
+        return self.lhs(ids) & self.rhs(ids)
+
+
+class IDSelectorOr(_Binary):
+    """Ids either selector accepts."""
+
+    def __call__(self, ids):
+        return self.lhs(ids) | self.rhs(ids)
+
+
+class IDSelectorXOr(_Binary):
+    """Ids exactly one selector accepts."""
+
+    def __call__(self, ids):
+        return self.lhs(ids) ^ self.rhs(ids)

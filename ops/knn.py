@@ -1,0 +1,161 @@
+"""Exact k-nearest-neighbour search that streams the database in tiles.
+
+The database is cut into tiles; for each block of queries a `lax.scan` walks the tiles,
+computes one (query_block, tile) score matrix, selects its k best with the two-stage
+selection of `topk.smallest_k`, and merges them into a running top-k. The (nq, N) matrix
+is never materialised: peak extra memory is query_block * tile floats, whatever N is.
+
+This is the XLA path every backend can run; `knn_reference` (full matrix, `lax.top_k`)
+is its test oracle.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .distances import (
+    broadcast_rows, canonical_metric, is_similarity, normalize_L2, pairwise_distances_reference,
+    pairwise_scores)
+from .errors import InvalidInputError
+from .topk import check_k, merge_smallest, smallest_k
+
+__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles"]
+
+# Matmul metrics: a (1024, 4096) float32 score block is 16 MiB, large enough for the
+# matmul to run at full speed, small enough that selection reads it from cache-friendly
+# chunks. Measured on Fashion-MNIST (benchmarks/flat.py).
+MATMUL_TILE = 4096
+MATMUL_QUERY_BLOCK = 1024
+# Elementwise metrics hold a (query_block, tile, d) intermediate.
+ELEMENTWISE_QUERY_BLOCK = 64
+
+
+def plan_tiles(n: int, d: int, metric: str) -> tuple[int, int]:
+    """(tile, query_block) for a database of n rows of dimension d."""
+    if metric in ("l2", "ip", "cosine", "abs_ip"):
+        tile, query_block = MATMUL_TILE, MATMUL_QUERY_BLOCK
+    else:
+        query_block = ELEMENTWISE_QUERY_BLOCK
+        rows = broadcast_rows(query_block, d)
+        tile = 1 << max(3, rows.bit_length() - 1)
+    tile = min(tile, max(n, 1))
+    return tile, query_block
+
+
+def _pad_rows(x, n_to, value=0):
+    n = x.shape[0]
+    if n == n_to:
+        return x
+    return jnp.pad(x, [(0, n_to - n)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+
+def tiled(xb, xb_sqnorms, xb_valid, tile):
+    """The database as (n_tiles, tile, ...) stacks, padded rows marked invalid."""
+    n = xb.shape[0]
+    n_tiles = max(1, -(-n // tile))
+    n_pad = n_tiles * tile
+    if xb_valid is None and n_pad != n:
+        xb_valid = jnp.ones((n,), bool)
+    xb = _pad_rows(xb, n_pad).reshape(n_tiles, tile, -1)
+    norms = None if xb_sqnorms is None else _pad_rows(xb_sqnorms, n_pad).reshape(n_tiles, tile)
+    valid = None if xb_valid is None else _pad_rows(xb_valid, n_pad, False).reshape(n_tiles, tile)
+    return xb, norms, valid
+
+
+def map_query_blocks(fn, xq, query_block):
+    """fn over row blocks of xq (padded to whole blocks), results concatenated and cut."""
+    nq = xq.shape[0]
+    if nq <= query_block:
+        return fn(xq)
+    n_blocks = -(-nq // query_block)
+    blocks = _pad_rows(xq, n_blocks * query_block).reshape(n_blocks, query_block, -1)
+    out = jax.lax.map(fn, blocks)
+    return jax.tree.map(lambda a: a.reshape(n_blocks * query_block, *a.shape[2:])[:nq], out)
+
+
+def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
+             xb_valid=None, tile: int | None = None, query_block: int | None = None):
+    """k best rows of xb for each row of xq; traceable, no validation.
+
+    metric must be canonical (cosine inputs already normalised). xb_sqnorms: cached
+    squared norms for l2. xb_valid: (N,) bool, rows that may be returned (the rest are
+    skipped: empty slots, filtered ids). Returns distances (nq, k) float32 and row
+    positions (nq, k) int32, -1 / +inf (-inf for similarities) where fewer than k rows
+    qualify.
+    """
+    nq, d = xq.shape
+    similarity = is_similarity(metric)
+    auto_tile, auto_block = plan_tiles(xb.shape[0], d, metric)
+    tile = tile or auto_tile
+    query_block = query_block or auto_block
+    tiles, norm_tiles, valid_tiles = tiled(xb, xb_sqnorms, xb_valid, tile)
+    take = min(k, tile)
+
+    def search_block(q):
+        def step(carry, inputs):
+            start, x_tile, norm_tile, valid_tile = inputs
+            scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
+            keyed = -scores if similarity else scores
+            keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
+            if valid_tile is not None:
+                keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
+            values, cols = smallest_k(keyed, take)
+            return merge_smallest(*carry, values, cols + start, k), None
+
+        init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
+                jnp.full((q.shape[0], k), -1, jnp.int32))
+        starts = jnp.arange(tiles.shape[0], dtype=jnp.int32) * tile
+        (values, rows), _ = jax.lax.scan(step, init, (starts, tiles, norm_tiles, valid_tiles))
+        return values, rows
+
+    values, rows = map_query_blocks(search_block, xq, query_block)
+    rows = jnp.where(jnp.isinf(values) & (values > 0), -1, rows)
+    return (-values if similarity else values), rows
+
+
+def _check_pair(xq, xb):
+    xq, xb = jnp.asarray(xq), jnp.asarray(xb)
+    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
+        raise InvalidInputError(
+            f"knn needs 2-D xq and xb with the same dimension, got {xq.shape} and {xb.shape}")
+    return xq, xb
+
+
+@functools.partial(jax.jit, static_argnames=("k", "metric", "p"))
+def _knn_jit(xq, xb, k, metric, p):
+    if metric == "cosine":
+        xq, xb = normalize_L2(xq), normalize_L2(xb)
+    return knn_scan(xq, xb, k, metric, p)
+
+
+def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0):
+    """Exact brute-force k-NN of xq among xb under any metric (FAISS `knn`).
+
+    Streams xb in tiles: memory stays bounded for any database size.
+    Returns (distances (nq, k) float32, indices (nq, k) int32).
+    """
+    xq, xb = _check_pair(xq, xb)
+    return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "metric", "p"))
+def _knn_reference_jit(xq, xb, k, metric, p):
+    scores = pairwise_distances_reference(xq, xb, metric, p)
+    keyed = -scores if is_similarity(metric) else scores
+    keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
+    take = min(k, xb.shape[0])
+    values, idx = jax.lax.top_k(-keyed, take)
+    values = -values
+    idx = jnp.where(jnp.isinf(values) & (values > 0), -1, idx)
+    values = jnp.pad(values, ((0, 0), (0, k - take)), constant_values=jnp.inf)
+    idx = jnp.pad(idx, ((0, 0), (0, k - take)), constant_values=-1)
+    return (-values if is_similarity(metric) else values), idx
+
+
+def knn_reference(xq, xb, k: int, metric: str = "l2", p: float = 2.0):
+    """Oracle for `knn`: the whole score matrix, then `lax.top_k`."""
+    xq, xb = _check_pair(xq, xb)
+    return _knn_reference_jit(xq, xb, check_k(k), canonical_metric(metric), float(p))

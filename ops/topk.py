@@ -1,0 +1,131 @@
+"""k-selection: the k smallest (or largest) entries of each row, for any k.
+
+`lax.top_k` sorts, which on CPU costs about half as much as the matmul that produced the
+distances (0.25 s against 0.51 s on a (2000, 60000) matrix). `smallest_k` uses an exact
+two-stage selection instead: cut each row into blocks, keep the k blocks with the smallest
+minima (they must hold the true k smallest entries), and run `top_k` on those k * block
+entries only. Ties keep the lower column first, as `lax.top_k` does.
+
+Conventions (FAISS's): asking for more entries than a row has pads the result with
++inf (smallest) / -inf (largest) and index -1; NaN entries are never selected.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["check_k", "kmin", "kmax", "smallest_k", "merge_smallest", "merge_knn_results"]
+
+# Block width of the two-stage selection; rows shorter than 4 blocks per wanted entry go
+# straight to top_k, where the first stage would not pay.
+_BLOCK = 32
+
+
+def _top_k_smallest(x: jax.Array, k: int):
+    values, idx = jax.lax.top_k(-x, k)
+    return -values, idx.astype(jnp.int32)
+
+
+def smallest_k(x: jax.Array, k: int):
+    """The k smallest values of each row of x (..., n) and their columns, ascending.
+
+    Requires k <= n; NaN must already be replaced (callers map it to +inf).
+    """
+    n = x.shape[-1]
+    n_blocks = n // _BLOCK
+    if k > n:
+        raise ValueError(f"smallest_k: k={k} > n={n}")
+    if n_blocks < 4 * k or n % _BLOCK:
+        return _top_k_smallest(x, k)
+    blocks = x.reshape(*x.shape[:-1], n_blocks, _BLOCK)
+    _, best_blocks = _top_k_smallest(jnp.min(blocks, axis=-1), k)
+    best_blocks = jnp.sort(best_blocks, axis=-1)  # keeps ties in column order
+    cand = jnp.take_along_axis(blocks, best_blocks[..., None], axis=-2)
+    values, pos = _top_k_smallest(cand.reshape(*x.shape[:-1], k * _BLOCK), k)
+    cols = jnp.take_along_axis(best_blocks, pos // _BLOCK, axis=-1) * _BLOCK + pos % _BLOCK
+    return values, cols
+
+
+def merge_smallest(values_a, idx_a, values_b, idx_b, k: int):
+    """Merge two candidate lists per row into the k smallest (a wins ties)."""
+    values = jnp.concatenate([values_a, values_b], axis=-1)
+    idx = jnp.concatenate([idx_a, idx_b], axis=-1)
+    best, pos = _top_k_smallest(values, k)
+    return best, jnp.take_along_axis(idx, pos, axis=-1)
+
+
+def check_k(k) -> int:
+    """k as a positive Python int, or a clear error (floats and bools are refused)."""
+    if isinstance(k, (bool, float, np.bool_, np.floating)):
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}") from None
+    if k <= 0:
+        raise InvalidInputError(f"k must be positive, got {k}")
+    return k
+
+
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _select(x, k, largest):
+    x = jnp.asarray(x, jnp.float32)
+    keyed = -x if largest else x
+    keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
+    n = x.shape[-1]
+    take = min(k, n)
+    values, idx = smallest_k(keyed, take) if take > 0 else (
+        keyed[..., :0], jnp.zeros(keyed.shape[:-1] + (0,), jnp.int32))
+    idx = jnp.where(jnp.isinf(values) & (values > 0), -1, idx)
+    if take < k:
+        pad = [(0, 0)] * (x.ndim - 1) + [(0, k - take)]
+        values = jnp.pad(values, pad, constant_values=jnp.inf)
+        idx = jnp.pad(idx, pad, constant_values=-1)
+    return (-values if largest else values), idx
+
+
+def kmin(x, k: int):
+    """(values, indices) of the k smallest entries along the last axis, ascending.
+
+    Any k: k > n pads with +inf and -1 (FAISS `kmin`; FAISS GPU stops at k = 2048).
+    """
+    return _select(jnp.asarray(x), check_k(k), False)
+
+
+def kmax(x, k: int):
+    """(values, indices) of the k largest entries along the last axis, descending."""
+    return _select(jnp.asarray(x), check_k(k), True)
+
+
+def merge_knn_results(distances, ids, keep_max: bool = False):
+    """Merge per-shard results (nshard, nq, k) into the global (nq, k) top-k.
+
+    As FAISS `merge_knn_results`: among equal distances the lower shard comes first, and
+    entries with id -1 (missing results) never displace real ones.
+    """
+    distances = jnp.asarray(distances, jnp.float32)
+    ids = jnp.asarray(ids)
+    if distances.ndim != 3 or distances.shape != ids.shape:
+        raise InvalidInputError(
+            "merge_knn_results needs distances and ids of the same shape (nshard, nq, k), "
+            f"got {distances.shape} and {ids.shape}")
+    return _merge_shards(distances, ids, keep_max)
+
+
+@functools.partial(jax.jit, static_argnames=("keep_max",))
+def _merge_shards(distances, ids, keep_max):
+    nshard, nq, k = distances.shape
+    keyed = -distances if keep_max else distances
+    keyed = jnp.where(ids < 0, jnp.inf, keyed)
+    flat_d = jnp.transpose(keyed, (1, 0, 2)).reshape(nq, nshard * k)
+    flat_i = jnp.transpose(ids, (1, 0, 2)).reshape(nq, nshard * k)
+    best, pos = _top_k_smallest(flat_d, k)
+    out_ids = jnp.where(jnp.isinf(best) & (best > 0), -1, jnp.take_along_axis(flat_i, pos, -1))
+    return (-best if keep_max else best), out_ids
