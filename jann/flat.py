@@ -124,6 +124,8 @@ class FlatIndex:
         return live if selector is None else live & selector(self.ids)
 
     def _row_ids(self, rows):
+        if self.capacity == 0:
+            return jnp.full(rows.shape, -1, self.ids.dtype)
         return jnp.where(rows >= 0, self.ids[jnp.maximum(rows, 0)], -1)
 
     def search_core(self, xq, k: int, selector=None):

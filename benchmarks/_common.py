@@ -1,0 +1,192 @@
+"""Shared pieces of the jann benchmarks: thread limits, timing, recall, memory, reports.
+
+Import this module before jax / faiss: `limit_threads` only works if it runs first (XLA
+sizes its CPU thread pool when the backend starts). Nothing here imports jax at module
+level; version look-ups import lazily, after the limits are in place.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+XLA_THREADS_NOTE = (
+    "XLA has no flag that sets the CPU thread count: 'intra_op_parallelism_threads' is a "
+    "TensorFlow session option, not an XLA flag (as '--intra_op_parallelism_threads=N' in "
+    "XLA_FLAGS jax aborts with 'Unknown flag in XLA_FLAGS'; without the leading '--' the "
+    "token is silently ignored). XLA's CPU runtime sizes its pools to the CPUs the process "
+    "may run on, so threads are limited with os.sched_setaffinity (which also binds faiss), "
+    "plus faiss.omp_set_num_threads / OMP_NUM_THREADS. '--xla_cpu_multi_thread_eigen=true' "
+    "is set (it is the default). cpu_util in the timings (CPU seconds / wall seconds of the "
+    "best run) shows how many cores each library actually kept busy.")
+
+
+# ---------------------------------------------------------------------------- threads
+def limit_threads(threads: int) -> dict:
+    """Restrict this process (and its children) to `threads` CPUs; call before jax/faiss."""
+    available = sorted(os.sched_getaffinity(0))
+    if threads < len(available):
+        os.sched_setaffinity(0, available[:threads])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    flag = "--xla_cpu_multi_thread_eigen=true"
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    return {
+        "requested": threads,
+        "cpus_available": len(available),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "XLA_FLAGS": os.environ["XLA_FLAGS"],
+        "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
+        "jax_imported_before_limit": "jax" in sys.modules,
+        "note": XLA_THREADS_NOTE,
+    }
+
+
+# ----------------------------------------------------------------------------- timing
+def time_best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, dict]:
+    """Run fn once as warm-up (compile, caches), then `repeats` times; keep the best.
+
+    fn must finish its work before returning (block on jax results). Returns fn's last
+    result and {"first_s", "best_s", "runs_s", "cpu_util"}; cpu_util is the process CPU
+    time over the wall time of the best run (about the number of busy cores).
+    """
+    def one():
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        return out, time.perf_counter() - wall, time.process_time() - cpu
+
+    out, first, _ = one()
+    runs = [one() for _ in range(max(repeats, 1))]
+    out, best, cpu = min(runs, key=lambda r: r[1])
+    return out, {"first_s": first, "best_s": best, "runs_s": [r[1] for r in runs],
+                 "cpu_util": cpu / best}
+
+
+def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
+    """Mean |found[:k] & gt[:k]| / k over queries (ids order-free, as ann-benchmarks)."""
+    found, gt = np.asarray(found)[:, :k], np.asarray(gt)[:, :k]
+    hits = (found[:, :, None] == gt[:, None, :]).any(axis=2)
+    return float(hits.sum() / gt.size)
+
+
+# ----------------------------------------------------------------------------- memory
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def current_rss() -> int:
+    """Resident set size of this process, bytes."""
+    return _proc_status_bytes("VmRSS")
+
+
+def peak_rss() -> int:
+    """Peak RSS (VmHWM) since start or since the last `reset_peak_rss`, bytes."""
+    return _proc_status_bytes("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5); False if not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_tracked(fn: Callable[[], Any]) -> tuple[Any, dict]:
+    """fn() with its wall time and the process RSS before, at peak during, and after."""
+    reset_peak_rss()
+    before, start = current_rss(), time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, {"seconds": seconds, "rss_before": before, "peak_rss": peak_rss(),
+                 "rss_after": current_rss()}
+
+
+def run_child(module: str, args: list[str]) -> dict:
+    """Run `python -m module args` from the repo root; it prints one JSON object last."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- reports
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def machine_info() -> dict:
+    """Platform, CPUs, memory, library versions and the date (UTC) of this run."""
+    import psutil  # noqa: PLC0415  (lazy: keep module import light)
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "memory_bytes": psutil.virtual_memory().total,
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in
+                     ("jann", "jax", "jaxlib", "numpy", "faiss-cpu", "hnswlib", "matplotlib")},
+    }
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write obj as indented JSON (numpy scalars converted), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub Markdown table; floats printed with 3 significant digits."""
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def gib(n_bytes: float) -> float:
+    return n_bytes / 2**30

@@ -1,0 +1,5 @@
+import sys
+
+from jann.cli import main
+
+sys.exit(main())

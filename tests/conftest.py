@@ -1,0 +1,56 @@
+"""Shared fixtures. Recall-related tests use real data (the embedded Fashion-MNIST subset);
+random vectors are used only where the test is about shapes or exact equality."""
+
+import jax
+import numpy as np
+import pytest
+
+import jann
+from jann import datasets
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """Embedded real data: 20000 x 196 base, 1000 queries (float32)."""
+    return datasets.load_embedded()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active (a recompilation detector)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+@pytest.fixture
+def compile_counter():
+    counter = CompileCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    yield counter
+    jax.monitoring.unregister_event_duration_listener(counter)
+
+
+def assert_knn_equal(D, I, ref_d, ref_i, rtol=1e-4, atol=1e-4):
+    """Distances equal the oracle's; ids equal it wherever the distance is not tied."""
+    D, I = np.asarray(D, np.float64), np.asarray(I)
+    np.testing.assert_allclose(D, ref_d, rtol=rtol, atol=atol)
+    for row in range(I.shape[0]):
+        for col in range(I.shape[1]):
+            if I[row, col] != ref_i[row, col]:
+                tied = np.isclose(ref_d[row], ref_d[row, col], rtol=rtol, atol=atol)
+                assert tied.sum() > 1 or np.isinf(ref_d[row, col]), (
+                    f"row {row} col {col}: id {I[row, col]} != {ref_i[row, col]} "
+                    f"at untied distance {ref_d[row, col]}")
+
+
+def flat(d, description="Flat", metric="l2", **kw):
+    return jann.index_factory(d, description, metric=metric, **kw)

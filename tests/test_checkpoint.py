@@ -1,0 +1,140 @@
+"""save / load (Orbax) and serialize / deserialize round trips, atomicity, corruption."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import jann
+from jann import checkpoint
+
+from conftest import flat
+
+
+def _index(rng, description="IDMap2,Flat", metric="l2", n=300):
+    xb = rng.standard_normal((n, 8)).astype(np.float32)
+    return jann.add(flat(8, description, metric=metric), xb, ids=np.arange(n) * 5) \
+        if "IDMap" in description else jann.add(flat(8, description, metric=metric), xb)
+
+
+def _same_results(a, b, rng):
+    xq = rng.standard_normal((5, 8)).astype(np.float32)
+    for x, y in zip(jann.search(a, xq, 7), jann.search(b, xq, 7)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("description,metric", [
+    ("Flat", "l2"), ("IDMap2,Flat", "ip"), ("Flat(bfloat16)", "l2"), ("IDMap,Flat(float16)", "cosine")])
+def test_save_load_same_results(description, metric, rng, tmp_path):
+    index = _index(rng, description, metric)
+    jann.save(index, tmp_path / "ckpt")
+    loaded = jann.load(tmp_path / "ckpt")
+    assert type(loaded) is type(index) and loaded.describe() == index.describe()
+    assert loaded.metric == metric and loaded.vectors.dtype == index.vectors.dtype
+    _same_results(index, loaded, rng)
+
+
+def test_empty_index_round_trips(tmp_path):
+    empty = flat(5)
+    jann.save(empty, tmp_path / "e")
+    assert jann.ntotal(jann.load(tmp_path / "e")) == 0
+    assert jann.ntotal(jann.deserialize(jann.serialize(empty))) == 0
+
+
+def test_serialize_round_trip(rng):
+    index = _index(rng)
+    data = jann.serialize(index)
+    assert isinstance(data, bytes) and b"pickle" not in data[:100]
+    _same_results(index, jann.deserialize(data), rng)
+
+
+def test_resave_replaces_atomically_and_keeps_one_version(rng, tmp_path):
+    path = tmp_path / "ckpt"
+    first = _index(rng, n=100)
+    jann.save(first, path)
+    second = jann.add(first, rng.standard_normal((5, 8)).astype(np.float32), ids=[1, 2, 3, 4, 6])
+    assert jann.save(second, path) == "v000002"
+    assert jann.ntotal(jann.load(path)) == 105
+    assert sorted(os.listdir(path)) == ["LATEST", "v000002"]
+
+
+def test_crash_mid_save_leaves_previous_checkpoint(rng, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt"
+    first = _index(rng, n=100)
+    jann.save(first, path)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(checkpoint.json, "dump", boom)
+    with pytest.raises(OSError, match="simulated"):
+        jann.save(_index(rng, n=200), path)
+    monkeypatch.undo()
+    _same_results(first, jann.load(path), rng)
+    assert not [e for e in os.listdir(path) if e.startswith(".tmp")]
+
+
+def test_truncated_tampered_and_future_bytes(rng):
+    data = jann.serialize(_index(rng))
+    with pytest.raises(jann.CheckpointError, match="truncated"):
+        jann.deserialize(data[:-10])
+    tampered = bytearray(data)
+    tampered[-5] ^= 0xFF
+    with pytest.raises(jann.CheckpointError, match="checksum"):
+        jann.deserialize(bytes(tampered))
+    future = bytearray(data)
+    future[8] = 99  # the format version field
+    with pytest.raises(jann.CheckpointError, match="upgrade"):
+        jann.deserialize(bytes(future))
+    with pytest.raises(jann.CheckpointError, match="magic"):
+        jann.deserialize(b"\x80\x04\x95pickle-bytes")
+
+
+def test_corrupt_checkpoint_directories(rng, tmp_path):
+    path = tmp_path / "ckpt"
+    jann.save(_index(rng), path)
+    version = (path / "LATEST").read_text()
+    config_file = path / version / "config.json"
+    config = json.loads(config_file.read_text())
+
+    config["version"] = 999
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(jann.CheckpointError, match="upgrade"):
+        jann.load(path)
+
+    config["version"] = 1
+    name = next(iter(config["arrays"]))
+    config["arrays"][name]["sha256"] = "0" * 64
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(jann.CheckpointError, match="checksum"):
+        jann.load(path)
+
+    config_file.write_text("{not json")
+    with pytest.raises(jann.CheckpointError, match="config.json"):
+        jann.load(path)
+
+
+def test_damaged_array_files(rng, tmp_path):
+    path = tmp_path / "ckpt"
+    jann.save(_index(rng), path)
+    version = (path / "LATEST").read_text()
+    for root, _, files in os.walk(path / version / "arrays"):
+        for f in files:
+            full = os.path.join(root, f)
+            if os.path.getsize(full) > 100:
+                with open(full, "r+b") as fh:
+                    fh.truncate(os.path.getsize(full) // 2)
+    with pytest.raises(jann.CheckpointError):
+        jann.load(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(jann.CheckpointError, match="not a jann checkpoint"):
+        jann.load(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("hello")
+    with pytest.raises(jann.CheckpointError, match="not a jann checkpoint"):
+        jann.load(tmp_path / "plain")
+    with pytest.raises(jann.CheckpointError, match="refusing"):
+        jann.save(flat(3), tmp_path / "plain")

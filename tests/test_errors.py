@@ -1,0 +1,115 @@
+"""Bad input: a clear jann exception naming the problem, and the index left unchanged."""
+
+import numpy as np
+import pytest
+
+import jann
+
+from conftest import flat
+
+
+@pytest.fixture
+def index(rng):
+    return jann.add(flat(4), rng.standard_normal((20, 4)).astype(np.float32))
+
+
+def _unchanged(before, after_ntotal=20):
+    assert jann.ntotal(before) == after_ntotal
+
+
+@pytest.mark.parametrize("x,error,match", [
+    (np.ones((3, 5), np.float32), jann.InvalidInputError, "dimension 5.*d=4"),
+    (np.ones(4, np.float32), jann.InvalidInputError, "2-D.*x\\[None, :\\]"),
+    (np.ones((2, 2, 4), np.float32), jann.InvalidInputError, "2-D"),
+    (np.array([["a", "b", "c", "d"]]), jann.InvalidDtypeError, "real numbers"),
+    (np.ones((2, 4), np.complex64), jann.InvalidDtypeError, "real numbers"),
+    (np.ones((2, 4), bool), jann.InvalidDtypeError, "real numbers"),
+    (np.array([[1, 2, np.nan, 4]], np.float32), jann.InvalidInputError, "NaN"),
+    (np.array([[1, 2, np.inf, 4]], np.float32), jann.InvalidInputError, "inf"),
+])
+def test_bad_vectors_for_add_and_search(index, x, error, match):
+    with pytest.raises(error, match=match):
+        jann.add(index, x)
+    _unchanged(index)
+    with pytest.raises(error):
+        jann.search(index, x, 3)
+
+
+def test_errors_are_jann_errors_and_builtin_kinds(index):
+    with pytest.raises(jann.JannError):
+        jann.search(index, np.ones((1, 3)), 1)
+    with pytest.raises(ValueError):
+        jann.search(index, np.ones((1, 3)), 1)
+    with pytest.raises(TypeError):
+        jann.add(index, np.ones((1, 4), complex))
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.0, "5", None, True])
+def test_bad_k(index, k):
+    with pytest.raises(jann.InvalidInputError, match="k must"):
+        jann.search(index, np.ones((1, 4), np.float32), k)
+
+
+def test_integer_vectors_are_accepted(index):
+    D, I = jann.search(index, np.ones((2, 4), np.uint8), 2)
+    assert I.shape == (2, 2)
+
+
+def test_nan_euclidean_accepts_nan_but_not_inf():
+    index = jann.add(flat(3, metric="nan_euclidean"), np.array([[1, np.nan, 3], [1, 2, 3]], np.float32))
+    D, I = jann.search(index, np.array([[1, 2, np.nan]], np.float32), 2)
+    assert np.isfinite(np.asarray(D)).all()
+    with pytest.raises(jann.InvalidInputError, match="inf"):
+        jann.add(index, np.array([[np.inf, 1, 1]], np.float32))
+
+
+@pytest.mark.parametrize("radius,match", [(-1.0, ">= 0"), (float("nan"), "NaN"), ("far", "number"),
+                                          (np.ones(3), "scalar")])
+def test_bad_radius(index, radius, match):
+    with pytest.raises(jann.JannError, match=match):
+        jann.range_search(index, np.ones((1, 4), np.float32), radius)
+
+
+def test_negative_radius_is_fine_for_similarities(rng):
+    ip = jann.add(flat(4, metric="ip"), rng.standard_normal((20, 4)).astype(np.float32))
+    lims, D, I = jann.range_search(ip, np.ones((1, 4), np.float32), -0.5)
+    assert (np.asarray(D) > -0.5).all()
+
+
+def test_unknown_metric_and_factory_string():
+    with pytest.raises(jann.UnknownMetricError, match="supported: l2, ip"):
+        jann.index_factory(4, "Flat", metric="hamming")
+    with pytest.raises(jann.FactoryStringError, match="supported factory strings"):
+        jann.index_factory(4, "IVF99,Nonsense")
+    with pytest.raises(jann.FactoryStringError):
+        jann.index_factory(4, 42)
+    with pytest.raises(jann.InvalidInputError, match="positive int"):
+        jann.index_factory(0, "Flat")
+    with pytest.raises(jann.InvalidInputError, match="metric_arg"):
+        jann.index_factory(4, "Flat", metric="lp", metric_arg=0)
+
+
+def test_unknown_search_parameter_and_selector(index):
+    with pytest.raises(jann.InvalidInputError, match="nprobe"):
+        jann.search(index, np.ones((1, 4), np.float32), 1, nprobe=4)
+    with pytest.raises(jann.InvalidInputError, match="IDSelector"):
+        jann.search(index, np.ones((1, 4), np.float32), 1, selector=[1, 2])
+
+
+def test_bad_selectors():
+    with pytest.raises(jann.InvalidDtypeError):
+        jann.IDSelectorBatch([1.5, 2.0])
+    with pytest.raises(jann.InvalidDtypeError):
+        jann.IDSelectorRange(0.5, 3)
+    with pytest.raises(jann.InvalidInputError, match="uint8"):
+        jann.IDSelectorBitmap(np.ones(3, np.int64))
+    with pytest.raises(jann.InvalidInputError, match="IDSelector"):
+        jann.IDSelectorNot([1, 2])
+
+
+def test_failed_chunked_add_keeps_the_index(rng, index):
+    big = rng.standard_normal((40_000, 4)).astype(np.float32)  # three add chunks
+    big[-1, 0] = np.nan
+    with pytest.raises(jann.InvalidInputError, match="row 39999"):
+        jann.add(index, big)
+    _unchanged(index)

@@ -1,0 +1,138 @@
+"""jann.ops against numpy float64 oracles and faiss-cpu."""
+
+import faiss
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jann
+from jann import ops
+
+from _oracle import data_for, knn as oracle_knn, pairwise as oracle_pairwise
+from conftest import assert_knn_equal
+
+ALL_METRICS = ops.METRICS
+FAISS_METRICS = {
+    "l1": faiss.METRIC_L1, "linf": faiss.METRIC_Linf, "lp": faiss.METRIC_Lp,
+    "canberra": faiss.METRIC_Canberra, "braycurtis": faiss.METRIC_BrayCurtis,
+    "jensenshannon": faiss.METRIC_JensenShannon, "jaccard": faiss.METRIC_Jaccard,
+    "nan_euclidean": faiss.METRIC_NaNEuclidean, "gower": faiss.METRIC_GOWER,
+}
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+def test_pairwise_matches_numpy_oracle(metric, rng):
+    x, y = data_for(metric, rng, 37, 24), data_for(metric, rng, 53, 24)
+    want = oracle_pairwise(x, y, metric, p=3.0)
+    for got in (ops.pairwise_distances(x, y, metric, p=3.0),
+                ops.pairwise_distances_reference(x, y, metric, p=3.0)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", sorted(FAISS_METRICS))
+def test_pairwise_matches_faiss(metric, rng):
+    x, y = data_for(metric, rng, 20, 16), data_for(metric, rng, 30, 16)
+    want = faiss.pairwise_distances(x, y, FAISS_METRICS[metric], 3.0)
+    got = np.asarray(ops.pairwise_distances(x, y, metric, p=3.0))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_coordinates_follow_scipy_not_nan():
+    x = np.array([[0.0, 1.0]], np.float32)
+    y = np.array([[0.0, 2.0]], np.float32)
+    assert np.isfinite(np.asarray(ops.pairwise_distances(x, y, "canberra"))).all()
+    assert np.isfinite(np.asarray(ops.pairwise_distances(x, y, "jensenshannon"))).all()
+
+
+def test_normalize_L2_matches_faiss(rng):
+    x = rng.standard_normal((10, 8)).astype(np.float32)
+    x[3] = 0
+    want = x.copy()
+    faiss.normalize_L2(want)
+    np.testing.assert_allclose(np.asarray(ops.normalize_L2(x)), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 2500, 5000])
+def test_kmin_kmax_any_k(k, rng):
+    x = rng.standard_normal((3, 3000)).astype(np.float32)
+    v, i = jann.kmin(x, k)
+    take = min(k, 3000)
+    order = np.argsort(x, axis=1, kind="stable")[:, :take]
+    np.testing.assert_array_equal(np.asarray(i)[:, :take], order)
+    np.testing.assert_array_equal(np.asarray(v)[:, :take], np.take_along_axis(x, order, 1))
+    assert (np.asarray(i)[:, take:] == -1).all() and np.isposinf(np.asarray(v)[:, take:]).all()
+    v, i = jann.kmax(x, k)
+    order = np.argsort(-x, axis=1, kind="stable")[:, :take]
+    np.testing.assert_array_equal(np.asarray(i)[:, :take], order)
+    assert np.isneginf(np.asarray(v)[:, take:]).all()
+
+
+def test_two_stage_selection_equals_top_k_with_ties(rng):
+    x = rng.integers(0, 5, (4, 4096)).astype(np.float32)  # heavy ties
+    v, i = ops.smallest_k(jnp.asarray(x), 50)
+    order = np.argsort(x, axis=1, kind="stable")[:, :50]
+    np.testing.assert_array_equal(np.asarray(i), order)
+    np.testing.assert_array_equal(np.asarray(v), np.take_along_axis(x, order, 1))
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+def test_knn_exact_for_every_metric(metric, rng):
+    xq, xb = data_for(metric, rng, 19, 12), data_for(metric, rng, 300, 12)
+    ref_d, ref_i = oracle_knn(xq, xb, 10, metric, p=3.0)
+    D, I = jann.knn(xq, xb, 10, metric=metric, p=3.0)
+    assert D.dtype == jnp.float32 and D.shape == (19, 10)
+    assert_knn_equal(D, I, ref_d, ref_i)
+
+
+@pytest.mark.parametrize("n,k,tile", [(1000, 10, 128), (1000, 300, 128), (77, 100, 16),
+                                      (5000, 1, 4096), (4097, 5, 4096)])
+def test_knn_scan_tiling_edges(n, k, tile, rng):
+    """Ragged last tile, k > tile, k > n: the streamed scan equals the full-matrix oracle."""
+    xq = rng.standard_normal((33, 8)).astype(np.float32)
+    xb = rng.standard_normal((n, 8)).astype(np.float32)
+    D, I = ops.knn_scan(jnp.asarray(xq), jnp.asarray(xb), k, "l2", tile=tile, query_block=16)
+    ref_d, ref_i = oracle_knn(xq, xb, k, "l2")
+    assert_knn_equal(D, I, ref_d, ref_i)
+    D2, I2 = ops.knn_reference(xq, xb, k)
+    assert_knn_equal(D2, I2, ref_d, ref_i)
+
+
+def test_knn_on_real_data_equals_ground_truth(fmnist):
+    xb, xq = fmnist["base"][:5000], fmnist["queries"][:100]
+    ref_d, ref_i = oracle_knn(xq, xb, 10, "l2")
+    D, I = jann.knn(xq, xb, 10)
+    assert_knn_equal(D, I, ref_d, ref_i, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("keep_max", [False, True])
+def test_merge_knn_results_matches_faiss(keep_max, rng):
+    nshard, nq, k = 4, 6, 5
+    D = np.sort(rng.standard_normal((nshard, nq, k)).astype(np.float32), axis=-1)
+    if keep_max:
+        D = D[..., ::-1].copy()
+    I = rng.integers(0, 1000, (nshard, nq, k))
+    I[1, 2, 3:] = -1  # a shard with too few results
+    D[1, 2, 3:] = -np.inf if keep_max else np.inf
+    want_d, want_i = faiss.merge_knn_results(D, I, keep_max=keep_max)
+    got_d, got_i = jann.merge_knn_results(D, I, keep_max=keep_max)
+    np.testing.assert_array_equal(np.asarray(got_d), want_d)
+    np.testing.assert_array_equal(np.asarray(got_i), want_i)
+
+
+def test_bucket_sort(rng):
+    values = rng.integers(-1, 7, 200)
+    lims, perm = jann.bucket_sort(values, 7)
+    lims, perm = np.asarray(lims), np.asarray(perm)
+    for b in range(7):
+        np.testing.assert_array_equal(perm[lims[b]:lims[b + 1]], np.flatnonzero(values == b))
+    assert lims[7] == (values >= 0).sum()
+
+
+def test_ops_reject_bad_inputs():
+    with pytest.raises(jann.UnknownMetricError, match="supported"):
+        jann.knn(np.zeros((2, 3)), np.zeros((4, 3)), 1, metric="hamming-ish")
+    with pytest.raises(jann.InvalidInputError, match="dimension"):
+        jann.knn(np.zeros((2, 3)), np.zeros((4, 5)), 1)
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(jann.InvalidInputError, match="k must"):
+            jann.knn(np.zeros((2, 3)), np.zeros((4, 3)), bad_k)
