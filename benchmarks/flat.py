@@ -236,15 +236,16 @@ def _plot_memory(ax, memory: dict):
     ax.bar(x - 0.2, total, 0.4, label="process peak RSS (incl. build)")
     ax.bar(x + 0.2, search, 0.4, label="peak RSS during search")
     for xi, height, n in zip(x, search, names):
-        ax.annotate(f"search {memory['engines'][n]['search_s']:.0f} s", (xi + 0.2, height),
+        ax.annotate(f"search {memory['engines'][n]['search_s']:.1f} s", (xi + 0.2, height),
                     ha="center", va="bottom", fontsize=8)
     ax.axhline(gib(memory["database_bytes"]), color="k", ls="--",
                label=f"database {gib(memory['database_bytes']):.2f} GiB")
     ax.set_xticks(x, names)
+    ax.set_ylim(0, max(total) * 1.3)
     ax.set_ylabel("GiB")
     ax.set_title(f"{memory['nq']} q vs {memory['n']}x{memory['d']}: (nq,N) f32 matrix would "
                  f"be {gib(memory['full_distance_matrix_bytes']):.0f} GiB", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
 
 
 def plot(results: dict, path: Path):
