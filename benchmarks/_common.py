@@ -55,23 +55,37 @@ def limit_threads(threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- timing
-def time_best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, dict]:
-    """Run fn once as warm-up (compile, caches), then `repeats` times; keep the best.
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
-    fn must finish its work before returning (block on jax results). Returns fn's last
-    result and {"first_s", "best_s", "runs_s", "cpu_util"}; cpu_util is the process CPU
-    time over the wall time of the best run (about the number of busy cores).
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple]:
+    """Time several contenders fairly: warm-up each once, then `repeats` rounds of all.
+
+    Each fn must finish its work before returning (block on jax results). The first call
+    (compile, caches) is reported apart; rounds alternate contenders so slow spells of a
+    shared machine hit them all alike. Returns {name: (last result, timing)} with timing
+    {"first_s", "best_s", "runs_s", "cpu_util"}; cpu_util is process CPU time / wall time
+    of the best run (about the number of busy cores).
     """
-    def one():
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        return out, time.perf_counter() - wall, time.process_time() - cpu
+    first = {name: _timed(fn) for name, fn in fns.items()}
+    runs = {name: [] for name in fns}
+    for _ in range(max(repeats, 1)):
+        for name, fn in fns.items():
+            runs[name].append(_timed(fn))
+    out = {}
+    for name in fns:
+        result, best, cpu = min(runs[name], key=lambda r: r[1])
+        out[name] = (result, {"first_s": first[name][1], "best_s": best,
+                              "runs_s": [r[1] for r in runs[name]], "cpu_util": cpu / best})
+    return out
 
-    out, first, _ = one()
-    runs = [one() for _ in range(max(repeats, 1))]
-    out, best, cpu = min(runs, key=lambda r: r[1])
-    return out, {"first_s": first, "best_s": best, "runs_s": [r[1] for r in runs],
-                 "cpu_util": cpu / best}
+
+def time_best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, dict]:
+    """`time_interleaved` for one contender: (last result, timing)."""
+    return time_interleaved({"fn": fn}, repeats)["fn"]
 
 
 def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
@@ -79,6 +93,32 @@ def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
     found, gt = np.asarray(found)[:, :k], np.asarray(gt)[:, :k]
     hits = (found[:, :, None] == gt[:, None, :]).any(axis=2)
     return float(hits.sum() / gt.size)
+
+
+def cpu_snapshot() -> dict:
+    """Machine-wide busy / steal CPU seconds (/proc/stat) and this process tree's own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) / tick for v in f.readline().split()[1:9])
+    own = os.times()
+    return {"busy_s": user + nice + system + irq + softirq, "steal_s": steal,
+            "total_s": user + nice + system + idle + iowait + irq + softirq + steal,
+            "own_s": own.user + own.system + own.children_user + own.children_system}
+
+
+def contention(before: dict, after: dict) -> dict:
+    """How much of the machine others used between two `cpu_snapshot`s (noise gauge).
+
+    other_processes_cpu_fraction: CPU time of processes outside this benchmark (other
+    users of a shared machine) over all CPU time available; steal_fraction: time the
+    hypervisor gave to other guests; loadavg_1min at the end.
+    """
+    delta = {key: after[key] - before[key] for key in before}
+    total = max(delta["total_s"], 1e-9)
+    return {"other_processes_cpu_fraction": max(delta["busy_s"] - delta["own_s"], 0) / total,
+            "steal_fraction": delta["steal_s"] / total,
+            "loadavg_1min_end": os.getloadavg()[0]}
 
 
 # ----------------------------------------------------------------------------- memory

@@ -11,8 +11,12 @@ are pure functions that work inside your own `jax.jit` code.
 
 from jann import ops
 from jann.api import (
-    RangeResult, add, check, ntotal, range_search, range_search_padded, reconstruct,
-    reconstruct_n, remove_ids, reserve, search, stack, train)
+    RangeResult, add, add_preassigned, check, merge_from, ntotal, range_search,
+    range_search_padded, reconstruct, reconstruct_n, remove_ids, reserve, search,
+    search_preassigned, shrink_to_fit, stack, train)
+from jann.compose import PreTransformIndex, RefineIndex
+from jann.ivf import IVFIndex
+from jann.kmeans import Kmeans, kmeans
 from jann.checkpoint import deserialize, load, save, serialize
 from jann.errors import (
     CapacityOverflowError, CheckpointError, DuplicateIdError, FactoryStringError,
@@ -38,5 +42,6 @@ __all__ = [
     "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
     "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
     "reconstruct_n", "remove_ids", "reserve", "save", "search", "serialize", "stack",
-    "train",
+    "train", "add_preassigned", "search_preassigned", "merge_from", "shrink_to_fit",
+    "IVFIndex", "PreTransformIndex", "RefineIndex", "Kmeans", "kmeans",
 ]

@@ -33,9 +33,16 @@ def grown_capacity(capacity: int, needed: int) -> int:
 
 
 def pad_rows(a: jax.Array, capacity: int, fill=0) -> jax.Array:
-    """a with its first axis padded to `capacity` (host-side growth)."""
+    """a with its first axis padded (or cut) to `capacity` (host-side resizing)."""
     extra = capacity - a.shape[0]
+    if extra < 0:
+        return a[:capacity]
     return jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+
+
+def fitted_capacity(count: int) -> int:
+    """Capacity that `shrink_to_fit` leaves: count rounded up to a multiple of 256."""
+    return max(MIN_CAPACITY, -(-count // MIN_CAPACITY) * MIN_CAPACITY)
 
 
 def append_rows(buffers, count, rows, n_valid, accept):

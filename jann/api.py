@@ -22,14 +22,15 @@ import numpy as np
 from jann import _storage
 from jann._inputs import as_array, as_ids, as_vectors, check_finite, is_traced
 from jann.errors import (
-    IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
+    DuplicateIdError, IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
 from jann.ops import distances as dist_ops
 from jann.ops.topk import check_k
 from jann.selectors import IDSelector, IDSelectorBatch
 
 __all__ = [
-    "RangeResult", "add", "check", "ntotal", "range_search", "range_search_padded",
-    "reconstruct", "reconstruct_n", "remove_ids", "reserve", "search", "stack", "train",
+    "RangeResult", "add", "add_preassigned", "check", "merge_from", "ntotal", "range_search",
+    "range_search_padded", "reconstruct", "reconstruct_n", "remove_ids", "reserve", "search",
+    "search_preassigned", "shrink_to_fit", "stack", "train",
 ]
 
 # Query batches are padded up to one of these sizes; larger batches run in chunks of the
@@ -100,8 +101,9 @@ def train(index, x, key=None, **kwargs):
 
 # ------------------------------------------------------------------------------- add
 @jax.jit
-def _add_jit(index, x, n_valid, ids):
-    return index.add_core(x, n_valid, ids, _row_ok(index, x))
+def _add_jit(index, x, n_valid, ids, lists):
+    extra = {} if lists is None else {"lists": lists}
+    return index.add_core(x, n_valid, ids, _row_ok(index, x), **extra)
 
 
 def reserve(index, n: int):
@@ -113,6 +115,25 @@ def reserve(index, n: int):
 
 
 def add(index, x, ids=None):
+    return _add(index, x, ids, None)
+
+
+def add_preassigned(index, x, lists, ids=None):
+    """Add vectors to the inverted lists given (n,), bypassing the coarse quantizer
+    (FAISS contrib `add_preassigned`)."""
+    lists = as_array(lists, "lists")
+    if not hasattr(index, "nlist"):
+        raise InvalidInputError(f"add_preassigned needs an IVF index, got {index.describe()}")
+    if lists.ndim != 1 or lists.shape[0] != np.shape(x)[0]:
+        raise InvalidInputError(f"lists must have shape ({np.shape(x)[0]},), got {lists.shape}")
+    if not is_traced(lists):
+        a = np.asarray(lists)
+        if a.size and (a.min() < 0 or a.max() >= index.nlist):
+            raise InvalidInputError(f"lists must lie in [0, nlist={index.nlist})")
+    return _add(index, x, ids, lists)
+
+
+def _add(index, x, ids, lists):
     """Add vectors x (n, d), with user ids for "IDMap" indexes; returns the new index.
 
     Outside jit: capacity grows by doubling as needed, the batch is padded to a bucket
@@ -133,8 +154,9 @@ def add(index, x, ids=None):
             f"with 'IDMap,{index.describe()}' to give your own ids")
     if ids is not None:
         ids = as_ids(ids, n)
-    if is_traced(index, x, ids):
-        return index.add_core(x, n, ids, _row_ok(index, x))
+    extra = {} if lists is None else {"lists": jnp.asarray(lists, jnp.int32)}
+    if is_traced(index, x, ids, lists):
+        return index.add_core(x, n, ids, _row_ok(index, x), **extra)
     if n == 0:
         return index
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
@@ -144,8 +166,10 @@ def add(index, x, ids=None):
         index = reserve(index, rows)
         bucket = _bucket(rows, ADD_BUCKETS)
         chunk_ids = None if ids is None else _pad_rows_np_or_jit(ids[start:stop], bucket)
+        chunk_lists = None if lists is None else _pad_rows_np_or_jit(
+            np.asarray(lists[start:stop], np.int32), bucket)
         index = _add_jit(index, _pad_rows_np_or_jit(x[start:stop], bucket),
-                         jnp.int32(rows), chunk_ids)
+                         jnp.int32(rows), chunk_ids, chunk_lists)
         _storage.raise_for_status(_storage.host_int(index.status) & ~status_before)
     return index
 
@@ -162,14 +186,20 @@ def ntotal(index) -> int:
 
 
 # ---------------------------------------------------------------------------- search
-def _search_params(index, params: dict) -> tuple:
+def _search_params(index, params: dict):
+    """(static, dynamic) search parameters: plain Python values select a compiled program;
+    array values (e.g. the exact nprobe inside its power-of-two bucket) are traced
+    arguments, so changing them does not recompile."""
     checker = getattr(index, "check_search_params", None)
     if checker is None:
         if params:
             raise InvalidInputError(
                 f"{index.describe()} takes no search parameters, got {sorted(params)}")
-        return ()
-    return tuple(sorted(checker(**params).items()))
+        return (), {}
+    checked = checker(**params)
+    dynamic = {k: v for k, v in checked.items() if isinstance(v, (jax.Array, np.ndarray))}
+    static = tuple(sorted((k, v) for k, v in checked.items() if k not in dynamic))
+    return static, dynamic
 
 
 def _check_selector(selector):
@@ -179,16 +209,17 @@ def _check_selector(selector):
 
 
 def _search_impl(index, xq, k, selector, params):
+    static, dynamic = params
     ok = _row_ok(index, xq)
-    distances, ids = index.search_core(xq, k, selector, **dict(params))
+    distances, ids = index.search_core(xq, k, selector, **dict(static), **dynamic)
     fill = -jnp.inf if dist_ops.is_similarity(index.metric) else jnp.inf
     distances = jnp.where(ok[:, None], distances, fill)
     return distances, jnp.where(ok[:, None], ids, -1), ok
 
 
-@functools.partial(jax.jit, static_argnames=("k", "params"))
-def _search_jit(index, xq, k, selector, params):
-    return _search_impl(index, xq, k, selector, params)
+@functools.partial(jax.jit, static_argnames=("k", "static"))
+def _search_jit(index, xq, k, selector, static, dynamic):
+    return _search_impl(index, xq, k, selector, (static, dynamic))
 
 
 def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
@@ -211,7 +242,7 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     out_d, out_i = [], []
     for start, stop in _chunks(nq, QUERY_BUCKETS[-1]):
         chunk = _pad_rows_np_or_jit(xq[start:stop], _bucket(stop - start, QUERY_BUCKETS))
-        distances, ids, ok = _search_jit(index, chunk, k, selector, params)
+        distances, ids, ok = _search_jit(index, chunk, k, selector, *params)
         ok = _host_view(ok)[: stop - start]
         if not ok.all():
             raise InvalidInputError(
@@ -254,16 +285,18 @@ def _check_radius(index, radius):
 
 
 def _range_impl(index, xq, radius, capacity, selector, params):
+    static, dynamic = params
     ok = _row_ok(index, xq)
-    counts, distances, ids = index.range_core(xq, radius, capacity, selector, **dict(params))
+    counts, distances, ids = index.range_core(xq, radius, capacity, selector, **dict(static),
+                                              **dynamic)
     counts = jnp.where(ok, counts, 0)
     ids = jnp.where(ok[:, None], ids, -1)
     return RangeResult(counts, distances, ids, jnp.any(counts > capacity)), ok
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "params"))
-def _range_jit(index, xq, radius, capacity, selector, params):
-    return _range_impl(index, xq, radius, capacity, selector, params)
+@functools.partial(jax.jit, static_argnames=("capacity", "static"))
+def _range_jit(index, xq, radius, capacity, selector, static, dynamic):
+    return _range_impl(index, xq, radius, capacity, selector, (static, dynamic))
 
 
 def _range_prologue(index, xq, radius, selector, params):
@@ -284,7 +317,7 @@ def range_search_padded(index, xq, radius, max_results: int, *,
     capacity = check_k(max_results)
     if is_traced(index, xq, radius, selector):
         return _range_impl(index, xq, radius, capacity, selector, params)[0]
-    return _range_jit(index, xq, radius, capacity, selector, params)[0]
+    return _range_jit(index, xq, radius, capacity, selector, *params)[0]
 
 
 def range_search(index, xq, radius, *, selector: IDSelector | None = None, **params):
@@ -305,7 +338,7 @@ def range_search(index, xq, radius, *, selector: IDSelector | None = None, **par
     def run(queries, capacity):
         bucket = _bucket(queries.shape[0], QUERY_BUCKETS)
         result, ok = _range_jit(index, _pad_rows_np_or_jit(queries, bucket), radius,
-                                capacity, selector, params)
+                                capacity, selector, *params)
         n = queries.shape[0]
         ok = _host_view(ok)[:n]
         if not ok.all():
@@ -383,12 +416,87 @@ def reconstruct(index, ids):
 
 
 def reconstruct_n(index, i0: int, n: int):
-    """The vectors stored at positions i0 .. i0+n-1 (insertion order), float32 (n, d)."""
+    """Vectors i0 .. i0+n-1 as float32 (n, d): storage positions for Flat (insertion
+    order), ids i0 .. i0+n-1 for the other indexes (as FAISS)."""
     i0, n = operator.index(i0), operator.index(n)
     total = ntotal(index)
     if i0 < 0 or n < 0 or i0 + n > total:
         raise InvalidInputError(f"reconstruct_n({i0}, {n}) is outside [0, {total})")
-    return index.vectors[i0:i0 + n].astype(jnp.float32)
+    if hasattr(index, "vectors"):  # Flat: storage order is insertion order
+        return index.vectors[i0:i0 + n].astype(jnp.float32)
+    return reconstruct(index, np.arange(i0, i0 + n))
+
+
+# ------------------------------------------------------------ IVF-specific helpers
+def search_preassigned(index, xq, k: int, lists, *, selector: IDSelector | None = None):
+    """Search only the given lists (nq, nprobe) of each query (FAISS contrib
+    `search_preassigned`); -1 entries are skipped."""
+    k = check_k(k)
+    _require_trained(index, "search_preassigned")
+    _check_selector(selector)
+    if not hasattr(index, "scan"):
+        raise InvalidInputError(f"search_preassigned needs an IVF index, got {index.describe()}")
+    xq = as_vectors(xq, index.d, "queries")
+    lists = as_array(lists, "lists")
+    if lists.ndim != 2 or lists.shape[0] != xq.shape[0]:
+        raise InvalidInputError(f"lists must have shape ({xq.shape[0]}, nprobe), got "
+                                f"{tuple(lists.shape)}")
+    lists = jnp.asarray(lists, jnp.int32)
+    lists = jnp.where((lists >= 0) & (lists < index.nlist), lists, index.nlist)
+    if is_traced(index, xq, lists, selector):
+        return index.scan(index.prepare(xq), lists, k, selector)
+    check_finite(xq, "queries")
+    return _scan_jit(index, jnp.asarray(xq), lists, k, selector)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _scan_jit(index, xq, lists, k, selector):
+    return index.scan(index.prepare(xq), lists, k, selector)
+
+
+@jax.jit
+def _insert_jit(index, lists, payload, norms, ids, n_valid):
+    return index.insert_rows(lists, payload, norms, ids, n_valid, jnp.bool_(True))
+
+
+def merge_from(index, other):
+    """`index` with all of `other`'s vectors added (FAISS `merge_from`, the on-disk merge
+    of contrib): both must share the trained quantizer and codec. Sequential ids of
+    `other` are shifted by `ntotal(index)`, as FAISS does."""
+    if type(index) is not type(other) or not hasattr(index, "insert_rows"):
+        raise InvalidInputError("merge_from needs two IVF indexes of the same kind")
+    _require_trained(index, "merge_from")
+    _require_trained(other, "merge_from")
+    same = (index.nlist == other.nlist and index.d == other.d
+            and index.describe() == other.describe()
+            and jax.tree.structure(index.codec) == jax.tree.structure(other.codec)
+            and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+                jax.tree.leaves((index.centroids, index.codec)),
+                jax.tree.leaves((other.centroids, other.codec)))))
+    if not same:
+        raise InvalidInputError(
+            "merge_from: the indexes do not share the same trained quantizer and codec "
+            "(train one, then copy it before adding, as with FAISS's on-disk merge)")
+    n = ntotal(other)
+    if n == 0:
+        return index
+    ids = np.asarray(other.ids[:n])
+    if index.id_mode == "sequential":
+        ids = ids + ntotal(index)
+    elif index.id_mode == "idmap2" and np.isin(ids, np.asarray(index.ids[:ntotal(index)])).any():
+        raise DuplicateIdError("merge_from: ids of the two IDMap2 indexes overlap")
+    index = reserve(index, n)
+    bucket = 1 << (n - 1).bit_length()
+    pad = functools.partial(_pad_rows_np_or_jit, rows=bucket)
+    return _insert_jit(index, pad(np.asarray(other.row_lists()[:n])), pad(np.asarray(other.payload[:n])),
+                       pad(np.asarray(other.norms[:n])), pad(ids.astype(np.asarray(index.ids).dtype)),
+                       jnp.int32(n))
+
+
+def shrink_to_fit(index):
+    """The index with its capacity cut to its size (rounded up to 256 rows): use after
+    building, before saving or measuring memory."""
+    return index.grown(_storage.fitted_capacity(ntotal(index)))
 
 
 # ---------------------------------------------------------------------------- stack

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann.errors import CheckpointError
-from jann import flat  # noqa: F401  (registers FlatIndex in INDEX_TYPES)
-from jann._pytree import INDEX_TYPES
+from jann._pytree import PYTREE_TYPES
 
 __all__ = ["save", "load", "serialize", "deserialize", "FORMAT_VERSION"]
 
@@ -41,8 +40,9 @@ _MAGIC = b"JANNIDX\x00"
 _LATEST = "LATEST"
 
 
-def _is_index(obj) -> bool:
-    return type(obj).__name__ in INDEX_TYPES and dataclasses.is_dataclass(obj)
+def _is_registered(obj) -> bool:
+    import jann  # noqa: F401  (importing the package registers every index and codec)
+    return PYTREE_TYPES.get(type(obj).__name__) is type(obj)
 
 
 def _json_meta(value):
@@ -68,7 +68,7 @@ def _to_state(index, prefix=""):
             tree["meta"][f.name] = _json_meta(value)
         elif value is None:
             tree["fields"][f.name] = None
-        elif _is_index(value):
+        elif _is_registered(value):
             sub_tree, sub_arrays = _to_state(value, f"{prefix}{f.name}.")
             tree["fields"][f.name] = sub_tree
             arrays.update(sub_arrays)
@@ -80,7 +80,7 @@ def _to_state(index, prefix=""):
 
 
 def _from_state(tree, arrays):
-    types = INDEX_TYPES
+    types = PYTREE_TYPES
     if not isinstance(tree, dict) or tree.get("type") not in types:
         raise CheckpointError(f"unknown index type in checkpoint: {tree.get('type')!r}")
     kwargs = {k: _hashable_meta(v) for k, v in tree.get("meta", {}).items()}

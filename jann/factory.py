@@ -1,11 +1,22 @@
 """`index_factory`: build an (untrained) index from a FAISS factory string.
 
-Supported now (later index families extend `_BUILDERS`):
+Grammar (comma-separated, FAISS's spelling):
 
-    [IDMap,|IDMap2,]Flat[(float16|bfloat16)]
+    [IDMap,|IDMap2,] {transform,} main [,RFlat | ,Refine(<codes>)]
 
-`metric` is a keyword ("l2", "ip", "cosine", "l1", "linf", "lp" with metric_arg=p,
-"canberra", "braycurtis", "jensenshannon", "jaccard", "nan_euclidean", "abs_ip", "gower").
+    transform: PCA<d> | PCAW<d> (whitened) | PCAR<d> (+ random rotation) | PCAWR<d>
+               | OPQ<M>[_<d>] | RR<d> | ITQ[<d>]
+    main:      Flat | Flat(float16|bfloat16)       exact search
+               | IVF<nlist>,<codes>                inverted file
+               | Residual<nlist>,<codes>           2-level: residual codes, every list scanned
+               | <codes>                           flat-coded (no partition)
+    codes:     Flat | PQ<M>[x<nbits>][np] | SQ8 | SQ4 | SQ6 | SQ8_uniform | SQ4_uniform
+               | SQ8_direct | SQfp16 | SQbf16 | RQ<M>x<nbits> | PRQ<nsplits>x<M>x<nbits>
+               | LSH[<nbits>][r][t]
+
+`metric` is a keyword: "l2", "ip", "cosine" for every index; Flat also takes "l1", "linf",
+"lp" (metric_arg=p), "canberra", "braycurtis", "jensenshannon", "jaccard",
+"nan_euclidean", "abs_ip", "gower".
 """
 
 from __future__ import annotations
@@ -18,36 +29,173 @@ from jann.ops.distances import canonical_metric
 
 __all__ = ["index_factory", "GRAMMAR"]
 
-GRAMMAR = """supported factory strings:
-  Flat                      exact search, float32 storage
-  Flat(float16|bfloat16)    exact search, half-precision storage, float32 accumulation
-  IDMap,<index>             the index stores user ids (add(..., ids=...)); duplicates allowed
-  IDMap2,<index>            as IDMap, ids must be unique
-metrics (metric=...): l2, ip, cosine, l1, linf, lp (metric_arg=p), canberra, braycurtis,
-  jensenshannon, jaccard, nan_euclidean, abs_ip, gower"""
+GRAMMAR = __doc__[__doc__.index("Grammar"):].strip()
 
-_FLAT = re.compile(r"^Flat(?:\((float32|float16|bfloat16)\))?$")
+
+def _fail(description, why):
+    raise FactoryStringError(f"cannot parse factory string {description!r}: {why}\n{GRAMMAR}")
+
+
+def _split(description: str) -> list[str]:
+    """Split on commas outside parentheses."""
+    parts, depth, cur = [], 0, ""
+    for ch in description:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return parts
+
+
+# ------------------------------------------------------------------ transforms
+def _transform(token: str, d: int):
+    """(transform, d_out) for a transform token, or None when the token is not one."""
+    from jann import transforms
+    from jann.quantizers.opq import OPQMatrix
+
+    if m := re.fullmatch(r"PCA(W?)(R?)(\d+)", token):
+        d_out = int(m.group(3))
+        return transforms.PCAMatrix.create(
+            d, d_out, eigen_power=-0.5 if m.group(1) else 0.0,
+            random_rotation=bool(m.group(2))), d_out
+    if m := re.fullmatch(r"OPQ(\d+)(?:_(\d+))?", token):
+        d_out = int(m.group(2) or d)
+        return OPQMatrix.create(d, int(m.group(1)), d_out), d_out
+    if m := re.fullmatch(r"RR(\d+)", token):
+        return transforms.RandomRotationMatrix.create(d, int(m.group(1))), int(m.group(1))
+    if m := re.fullmatch(r"ITQ(\d*)", token):
+        d_out = int(m.group(1) or d)
+        return transforms.ITQTransform.create(d, d_out), d_out
+    return None
+
+
+# ----------------------------------------------------------------------- codecs
+_SQ_TYPES = ("SQ8", "SQ4", "SQ6", "SQ8_uniform", "SQ4_uniform", "SQ8_direct", "SQfp16",
+             "SQbf16")
+
+
+def _codec(token: str, d: int, dtype: str):
+    """(codec, by_residual default) for a codes token, or None."""
+    from jann.quantizers.identity import IdentityCodec
+
+    if token == "Flat":
+        return IdentityCodec.create(d, dtype), False
+    if m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?(np)?", token):
+        from jann.quantizers.pq import ProductQuantizer
+        return ProductQuantizer.create(d, int(m.group(1)), int(m.group(2) or 8)), True
+    if token in _SQ_TYPES:
+        from jann.quantizers.sq import ScalarQuantizer
+        return ScalarQuantizer.create(d, token), True
+    if m := re.fullmatch(r"RQ(\d+)x(\d+)", token):
+        from jann.quantizers.rq import ResidualQuantizer
+        return ResidualQuantizer.create(d, int(m.group(1)), int(m.group(2))), True
+    if m := re.fullmatch(r"PRQ(\d+)x(\d+)x(\d+)", token):
+        from jann.quantizers.rq import ProductResidualQuantizer
+        return ProductResidualQuantizer.create(
+            d, int(m.group(1)), int(m.group(2)), int(m.group(3))), True
+    return None
+
+
+def _coded_index(d, tokens, description, metric, id_mode, dtype):
+    from jann.ivf import IVFIndex
+
+    head = tokens[0]
+    if m := re.fullmatch(r"(IVF|Residual)(\d+)", head):
+        if len(tokens) != 2:
+            _fail(description, f"{head} must be followed by exactly one codes component")
+        nlist = int(m.group(2))
+        if nlist < 1:
+            _fail(description, "nlist must be >= 1")
+        found = _codec(tokens[1], d, dtype)
+        if found is None:
+            _fail(description, f"unknown codes {tokens[1]!r}")
+        codec, by_residual = found
+        return IVFIndex.create(d, nlist, codec, metric=metric, id_mode=id_mode,
+                               by_residual=by_residual, exhaustive=m.group(1) == "Residual",
+                               description=f"{head},{tokens[1]}")
+    if m := re.fullmatch(r"LSH(\d*)(r?)(t?)", head):
+        if len(tokens) != 1:
+            _fail(description, "LSH takes no further component")
+        from jann.lsh import lsh_index
+        return lsh_index(d, int(m.group(1)) if m.group(1) else None, rotate=bool(m.group(2)),
+                         train_thresholds=bool(m.group(3)), id_mode=id_mode)
+    found = _codec(head, d, dtype)
+    if found is None or len(tokens) != 1 or head == "Flat":
+        return None
+    codec, _ = found
+    return IVFIndex.create(d, 1, codec, metric=metric, id_mode=id_mode, by_residual=False,
+                           description=head)
+
+
+def _main_index(d, tokens, description, metric, metric_arg, id_mode, dtype):
+    flat = re.fullmatch(r"Flat(?:\((float32|float16|bfloat16)\))?", tokens[0])
+    if flat and len(tokens) == 1:
+        return FlatIndex.empty(d, metric, metric_arg=metric_arg,
+                               dtype=dtype or flat.group(1) or "float32", id_mode=id_mode)
+    if metric not in ("l2", "ip", "cosine"):
+        _fail(description, f"metric {metric!r} is supported by Flat only")
+    index = _coded_index(d, tokens, description, metric, id_mode, dtype or "float32")
+    if index is None:
+        _fail(description, f"unknown component {tokens[0]!r}")
+    return index
 
 
 def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: float = 2.0,
-                  dtype: str | None = None):
-    """The index that `description` names, for vectors of dimension d (untrained)."""
+                  dtype: str | None = None, k_factor: float = 1.0):
+    """The index that `description` names, for vectors of dimension d (untrained).
+
+    dtype: storage of Flat / IVF-Flat vectors ("float32", "float16", "bfloat16").
+    k_factor: default re-ranking depth of a refine stage (also a search parameter).
+    """
     if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
         raise InvalidInputError(f"d must be a positive int, got {d!r}")
-    if not isinstance(description, str):
-        raise FactoryStringError(f"the factory string must be a str, got {description!r}")
+    if not isinstance(description, str) or not description.strip():
+        raise FactoryStringError(f"the factory string must be a non-empty str, got "
+                                 f"{description!r}\n{GRAMMAR}")
     metric = canonical_metric(metric)
-    parts = [p.strip() for p in description.split(",")]
-    id_mode = "sequential"
-    if parts and parts[0] in ("IDMap", "IDMap2"):
-        id_mode = parts.pop(0).lower()
-    match = _FLAT.match(",".join(parts))
-    if match is None:
-        raise FactoryStringError(f"cannot parse factory string {description!r}\n{GRAMMAR}")
-    storage = dtype or match.group(1) or "float32"
-    if storage not in STORAGE_DTYPES:
-        raise InvalidInputError(
-            f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage!r}")
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise InvalidInputError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     if metric == "lp" and not metric_arg > 0:
         raise InvalidInputError(f"the lp metric needs metric_arg = p > 0, got {metric_arg}")
-    return FlatIndex.empty(d, metric, metric_arg=metric_arg, dtype=storage, id_mode=id_mode)
+    tokens = _split(description)
+    if any(not t for t in tokens):
+        _fail(description, "empty component")
+    id_mode = "sequential"
+    if tokens[0] in ("IDMap", "IDMap2"):
+        id_mode = tokens.pop(0).lower()
+    refine = None
+    if tokens and (tokens[-1] == "RFlat" or re.fullmatch(r"Refine\((.+)\)", tokens[-1])):
+        refine = tokens.pop()
+    transforms, d_in = [], d
+    while tokens and (found := _transform(tokens[0], d_in)) is not None:
+        transforms.append((tokens.pop(0), found[0]))
+        d_in = found[1]
+    if not tokens:
+        _fail(description, "no index component")
+    index = _main_index(d_in, tokens, description, metric, metric_arg, id_mode, dtype)
+    if transforms:
+        from jann.compose import PreTransformIndex
+        from jann.transforms import Chain
+        chain = transforms[0][1] if len(transforms) == 1 else Chain.create(
+            *[t for _, t in transforms])
+        index = PreTransformIndex(transform=chain, index=index,
+                                  transform_description=",".join(n for n, _ in transforms))
+    if refine is not None:
+        index = _refined(d, index, refine, metric, k_factor)
+    return index
+
+
+def _refined(d, base, token, metric, k_factor):
+    """Wrap base in a RefineIndex; the refine index always stores the base's ids."""
+    from jann.compose import RefineIndex
+    if token == "RFlat":
+        refine = FlatIndex.empty(d, metric, id_mode="idmap")
+    else:
+        inner = re.fullmatch(r"Refine\((.+)\)", token).group(1)
+        refine = index_factory(d, "IDMap," + inner, metric)
+    return RefineIndex(base=base, refine=refine, k_factor=float(k_factor),
+                       refine_description=token)

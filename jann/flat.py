@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jann import _storage
-from jann._pytree import index_pytree
+from jann._pytree import pytree_dataclass
 from jann.ops import distances as dist_ops
 from jann.ops.knn import knn_scan
 from jann.ops.range_search import range_scan
@@ -25,7 +25,7 @@ ID_MODES = ("sequential", "idmap", "idmap2")
 STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
 
-@index_pytree(data=("vectors", "sqnorms", "ids", "count", "status"),
+@pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status"),
               meta=("metric", "metric_arg", "id_mode"))
 @dataclasses.dataclass(frozen=True)
 class FlatIndex:

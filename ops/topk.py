@@ -42,6 +42,9 @@ def smallest_k(x: jax.Array, k: int):
     n_blocks = n // _BLOCK
     if k > n:
         raise ValueError(f"smallest_k: k={k} > n={n}")
+    if k == 1:  # a plain reduction beats any selection (k-means assignment, IVF probes)
+        col = jnp.argmin(x, axis=-1).astype(jnp.int32)[..., None]
+        return jnp.take_along_axis(x, col, axis=-1), col
     if n_blocks < 4 * k or n % _BLOCK:
         return _top_k_smallest(x, k)
     blocks = x.reshape(*x.shape[:-1], n_blocks, _BLOCK)

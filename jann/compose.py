@@ -1,0 +1,214 @@
+"""Index compositions: a transform in front of an index, and re-ranking with a refine index.
+
+`PreTransformIndex` (FAISS `IndexPreTransform`: "PCA64,IVF256,Flat", "OPQ16_64,...")
+applies a trained transform to everything that enters the inner index.
+`RefineIndex` (FAISS `IndexRefine` / `IndexRefineFlat`: "...,RFlat", "...,Refine(SQ8)")
+asks its base index for k * k_factor candidates and re-ranks them with exact distances
+to the vectors a second index reconstructs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann._pytree import pytree_dataclass
+from jann.errors import InvalidInputError
+from jann.ops import distances as dist_ops
+from jann.ops.topk import smallest_k
+
+__all__ = ["PreTransformIndex", "RefineIndex"]
+
+
+class _Delegating:
+    """Forwards the storage bookkeeping (count, status, capacity, ids) to `self.inner`."""
+
+    @property
+    def count(self):
+        return self.inner.count
+
+    @property
+    def status(self):
+        return self.inner.status
+
+    @property
+    def capacity(self):
+        return self.inner.capacity
+
+    @property
+    def ids(self):
+        return self.inner.ids
+
+    @property
+    def metric(self):
+        return self.inner.metric
+
+    @property
+    def id_mode(self):
+        return self.inner.id_mode
+
+    def check_search_params(self, **params):
+        checker = getattr(self.inner, "check_search_params", None)
+        if checker is None:
+            if params:
+                raise InvalidInputError(
+                    f"{self.describe()} takes no search parameters, got {sorted(params)}")
+            return {}
+        return checker(**params)
+
+
+@pytree_dataclass(data=("transform", "index"), meta=("transform_description",))
+@dataclasses.dataclass(frozen=True)
+class PreTransformIndex(_Delegating):
+    """`index` searched on `transform.apply(x)`."""
+
+    transform: object
+    index: object
+    transform_description: str = ""
+
+    @property
+    def inner(self):
+        return self.index
+
+    @property
+    def d(self) -> int:
+        return self.transform.d_in
+
+    @property
+    def is_trained(self) -> bool:
+        return self.transform.is_trained and self.index.is_trained
+
+    def describe(self) -> str:
+        return f"{self.transform_description},{self.index.describe()}"
+
+    def train(self, x, *, key=None, **kwargs):
+        from jann.api import train as train_index
+        key = jax.random.key(0) if key is None else key
+        key_t, key_i = jax.random.split(key)
+        transform = self.transform if self.transform.is_trained else \
+            self.transform.train(x, key=key_t)
+        index = train_index(self.index, np.asarray(transform.apply(jnp.asarray(x, jnp.float32))),
+                            key=key_i, **kwargs)
+        return dataclasses.replace(self, transform=transform, index=index)
+
+    def grown(self, capacity: int):
+        return dataclasses.replace(self, index=self.index.grown(capacity))
+
+    def add_core(self, x, n_valid, ids, valid_rows):
+        y = self.transform.apply(jnp.where(valid_rows[:, None], x.astype(jnp.float32), 0.0))
+        return dataclasses.replace(self, index=self.index.add_core(y, n_valid, ids, valid_rows))
+
+    def search_core(self, xq, k, selector=None, **params):
+        return self.index.search_core(self.transform.apply(xq.astype(jnp.float32)), k,
+                                      selector, **params)
+
+    def range_core(self, xq, radius, capacity, selector=None, **params):
+        return self.index.range_core(self.transform.apply(xq.astype(jnp.float32)), radius,
+                                     capacity, selector, **params)
+
+    def remove_core(self, selector):
+        index, n = self.index.remove_core(selector)
+        return dataclasses.replace(self, index=index), n
+
+    def reconstruct_core(self, ids):
+        y, found = self.index.reconstruct_core(ids)
+        return self.transform.reverse(y), found
+
+
+@pytree_dataclass(data=("base", "refine"), meta=("k_factor", "refine_description"))
+@dataclasses.dataclass(frozen=True)
+class RefineIndex(_Delegating):
+    """Candidates from `base` re-ranked by exact distances to `refine`'s reconstructions.
+
+    Both hold the same vectors under the same ids; `k_factor` (a search parameter too)
+    is how many more candidates than k the base returns.
+    """
+
+    base: object
+    refine: object
+    k_factor: float = 1.0
+    refine_description: str = "RFlat"
+
+    @property
+    def inner(self):
+        return self.base
+
+    @property
+    def d(self) -> int:
+        return self.base.d
+
+    @property
+    def is_trained(self) -> bool:
+        return self.base.is_trained and self.refine.is_trained
+
+    def describe(self) -> str:
+        return f"{self.base.describe()},{self.refine_description}"
+
+    def train(self, x, *, key=None, **kwargs):
+        from jann.api import train as train_index
+        key = jax.random.key(0) if key is None else key
+        key_b, key_r = jax.random.split(key)
+        return dataclasses.replace(self, base=train_index(self.base, x, key=key_b, **kwargs),
+                                   refine=train_index(self.refine, x, key=key_r))
+
+    def grown(self, capacity: int):
+        return dataclasses.replace(self, base=self.base.grown(capacity),
+                                   refine=self.refine.grown(capacity))
+
+    def add_core(self, x, n_valid, ids, valid_rows):
+        if ids is None:  # both indexes must agree on the ids the base assigns
+            ids = self.base.count + jnp.arange(x.shape[0], dtype=self.base.ids.dtype)
+        base = self.base.add_core(x, n_valid, ids, valid_rows)
+        refine = self.refine.add_core(x, n_valid, ids, valid_rows)
+        return dataclasses.replace(self, base=base, refine=refine)
+
+    def check_search_params(self, k_factor=None, **params):
+        out = super().check_search_params(**params)
+        k_factor = self.k_factor if k_factor is None else k_factor
+        if isinstance(k_factor, bool) or not isinstance(k_factor, (int, float)) or k_factor < 1:
+            raise InvalidInputError(f"k_factor must be a number >= 1, got {k_factor!r}")
+        return {**out, "k_factor": float(k_factor)}
+
+    def _rescore(self, xq, cand_ids, k):
+        nq, kk = cand_ids.shape
+        vectors, found = self.refine.reconstruct_core(cand_ids.reshape(-1))
+        vectors = vectors.reshape(nq, kk, -1)
+        q = self.refine.prepare_queries(xq)
+        metric = self.base.metric
+        if metric == "l2":
+            scores = jnp.sum((q[:, None, :] - vectors) ** 2, axis=-1)
+        elif metric in ("ip", "cosine"):
+            scores = jnp.einsum("qd,qkd->qk", q, vectors)
+        else:
+            raise InvalidInputError(f"refine supports l2, ip and cosine, not {metric}")
+        ok = found.reshape(nq, kk) & (cand_ids >= 0)
+        return scores, ok
+
+    def search_core(self, xq, k, selector=None, k_factor=1.0, **params):
+        kk = max(k, int(round(k * k_factor)))
+        _, cand = self.base.search_core(xq, kk, selector, **params)
+        scores, ok = self._rescore(xq.astype(jnp.float32), cand, k)
+        similarity = dist_ops.is_similarity(self.base.metric)
+        keyed = jnp.where(ok, -scores if similarity else scores, jnp.inf)
+        take = min(k, kk)
+        values, cols = smallest_k(keyed, take)
+        ids = jnp.where(jnp.isinf(values), -1, jnp.take_along_axis(cand, cols, 1))
+        if take < k:
+            values = jnp.pad(values, ((0, 0), (0, k - take)), constant_values=jnp.inf)
+            ids = jnp.pad(ids, ((0, 0), (0, k - take)), constant_values=-1)
+        return (-values if similarity else values), ids
+
+    def range_core(self, xq, radius, capacity, selector=None, k_factor=1.0, **params):
+        # Exact distances decide membership: the refine index holds every vector.
+        return self.refine.range_core(xq, radius, capacity, selector)
+
+    def remove_core(self, selector):
+        base, n = self.base.remove_core(selector)
+        refine, _ = self.refine.remove_core(selector)
+        return dataclasses.replace(self, base=base, refine=refine), n
+
+    def reconstruct_core(self, ids):
+        return self.refine.reconstruct_core(ids)

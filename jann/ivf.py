@@ -1,0 +1,386 @@
+"""Inverted-file indexes: IVF-Flat, IVF-PQ, IVF-SQ, IVF-RQ, and the flat-coded indexes.
+
+A coarse quantizer (a Flat index of `nlist` centroids, trained by k-means) assigns each
+vector to a list; the list stores the vector's code (`codec.encode` of the vector, or of
+its residual from the centroid when `by_residual`). Search probes the `nprobe` nearest
+lists of each query. An index with one list and no residual is a plain coded index
+("PQ16", "SQ8", "RQ8x8"): the same storage and scan with a trivial quantizer.
+
+Storage layout: CSR. All rows (codes, ids, and the squared norm of each decoded row)
+live in static-capacity buffers sorted by list, with `offsets` (nlist + 1) delimiting
+the lists. Memory is exact (no per-list padding; the only slack is the capacity, which
+`jann.shrink_to_fit` trims): on Fashion-MNIST (60k x 784, IVF1024,PQ56, after
+`shrink_to_fit`) the index holds 56 B codes + 4 B id + 4 B norm per vector plus 4 KiB of
+offsets, 1.14x the codes + ids bytes (measured in benchmarks/ivf.py). An add merges the
+new rows into sorted order (a stable sort of list ids and one gather: O(n) per add, no
+recompile within a capacity); a removal compacts in place order-preserving. Pages with a
+page table would make adds O(batch) at the price of per-list slack; CSR was chosen for
+exact memory and because search reads each list as one contiguous run.
+
+Search order: list-major. The (query, probed list) pairs are grouped by list
+(`bucket_sort`); each work item takes up to `Qc` queries probing one list and `Lc`
+consecutive rows of that list, decodes the rows, and computes the (Qc, Lc) distance block
+with one matmul (float32 accumulation), keeping a running top-k per (query, list) pair.
+A list is thus read once per query batch instead of once per query, and the scan is
+BLAS-sized work. With one query per group (Qc = 1) this is the query-major order, used
+for small batches. The loop runs a data-dependent number of items (`lax.while_loop`),
+so the work follows the lists actually probed, not a padded maximum, inside jit too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann import _storage
+from jann._pytree import pytree_dataclass
+from jann.errors import InvalidInputError
+from jann.flat import FlatIndex
+from jann.kmeans import kmeans
+from jann.ops import distances as dist_ops
+from jann.ops.sorting import bucket_sort
+from jann.ops.topk import merge_smallest, smallest_k
+
+__all__ = ["IVFIndex"]
+
+MAX_QUERY_GROUP = 64
+MIN_ROW_CHUNK, MAX_ROW_CHUNK = 32, 512
+
+
+def _pow2_near(x: float) -> int:
+    return 1 << max(0, int(round(np.log2(max(x, 1.0)))))
+
+
+def _code_struct(codec, d: int):
+    """Shape and dtype of one encoded row, without training the codec."""
+    fields = {f.name for f in dataclasses.fields(codec)}
+    shaped = dataclasses.replace(codec, is_trained=True) if "is_trained" in fields else codec
+    return jax.eval_shape(shaped.encode, jax.ShapeDtypeStruct((1, d), jnp.float32))
+
+
+@pytree_dataclass(
+    data=("quantizer", "codec", "payload", "norms", "ids", "offsets", "count", "status"),
+    meta=("metric", "id_mode", "by_residual", "exhaustive", "is_trained", "description"))
+@dataclasses.dataclass(frozen=True)
+class IVFIndex:
+    """Inverted-file index. Array fields are leaves; configuration is static.
+
+    quantizer: FlatIndex of the nlist centroids (empty until trained).
+    codec:     how rows are stored (IdentityCodec, ScalarQuantizer, ProductQuantizer, ...).
+    payload:   (capacity, *code_shape) stored codes, sorted by list.
+    norms:     (capacity,) float32 squared norm of each decoded row.
+    ids:       (capacity,) ids.  offsets: (nlist + 1,) int32 list boundaries.
+    count:     () int32 live rows (= offsets[-1]).  status: () int32 refused-write bits.
+    """
+
+    quantizer: FlatIndex
+    codec: object
+    payload: jax.Array
+    norms: jax.Array
+    ids: jax.Array
+    offsets: jax.Array
+    count: jax.Array
+    status: jax.Array
+    metric: str = "l2"
+    id_mode: str = "sequential"
+    by_residual: bool = True
+    exhaustive: bool = False
+    is_trained: bool = False
+    description: str = "IVF"
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def create(cls, d: int, nlist: int, codec, *, metric: str = "l2",
+               id_mode: str = "sequential", by_residual: bool = True,
+               exhaustive: bool = False, description: str = "IVF") -> "IVFIndex":
+        quantizer_metric = "ip" if metric in ("ip", "cosine") else "l2"
+        code = _code_struct(codec, d)
+        return cls(
+            quantizer=FlatIndex.empty(d, quantizer_metric),
+            codec=codec,
+            payload=jnp.zeros((0,) + code.shape[1:], code.dtype),
+            norms=jnp.zeros((0,), jnp.float32),
+            ids=_storage.empty_ids(0),
+            offsets=jnp.zeros((nlist + 1,), jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            status=jnp.zeros((), jnp.int32),
+            metric=metric, id_mode=id_mode, by_residual=by_residual,
+            exhaustive=exhaustive, is_trained=False, description=description)
+
+    @property
+    def d(self) -> int:
+        return self.quantizer.d
+
+    @property
+    def nlist(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def capacity(self) -> int:
+        return self.payload.shape[0]
+
+    def describe(self) -> str:
+        prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
+        return prefix + self.description
+
+    def grown(self, capacity: int) -> "IVFIndex":
+        return dataclasses.replace(
+            self, payload=_storage.pad_rows(self.payload, capacity),
+            norms=_storage.pad_rows(self.norms, capacity),
+            ids=_storage.pad_rows(self.ids, capacity, -1))
+
+    @property
+    def centroids(self) -> jax.Array:
+        return self.quantizer.vectors[: self.nlist].astype(jnp.float32)
+
+    # --- training -------------------------------------------------------------------
+    def train(self, x, *, key=None, niter: int = 25, verbose: bool = False,
+              max_points_per_centroid: int = 256):
+        """k-means for the coarse quantizer (skipped for one list), then the codec on
+        the (residual) vectors. Fewer training points than 39 * nlist warns (FAISS)."""
+        if key is None:
+            key = jax.random.key(0)
+        key_coarse, key_codec = jax.random.split(key)
+        x = self.prepare(jnp.asarray(x, jnp.float32))
+        if self.nlist == 1:
+            centroids = jnp.zeros((1, self.d), jnp.float32)
+        else:
+            centroids = kmeans(x, self.nlist, key=key_coarse, niter=niter, verbose=verbose,
+                               max_points_per_centroid=max_points_per_centroid).centroids
+        quantizer = FlatIndex.empty(self.d, self.quantizer.metric, capacity=self.nlist)
+        quantizer = dataclasses.replace(
+            quantizer, vectors=centroids, sqnorms=dist_ops.squared_norms(centroids),
+            ids=jnp.arange(self.nlist, dtype=quantizer.ids.dtype),
+            count=jnp.asarray(self.nlist, jnp.int32))
+        trained = dataclasses.replace(self, quantizer=quantizer)
+        codec_input = x
+        if self.by_residual:
+            codec_input = x - centroids[trained.assign(x)]
+        codec = self.codec.train(codec_input, key=key_codec)
+        return dataclasses.replace(trained, codec=codec, is_trained=True)
+
+    # --- pure cores -----------------------------------------------------------------
+    def prepare(self, x):
+        return dist_ops.normalize_L2(x) if self.metric == "cosine" else x.astype(jnp.float32)
+
+    prepare_queries = prepare
+
+    def assign(self, x, nprobe: int = 1):
+        """Nearest lists of prepared vectors: (n,) for nprobe 1, else (n, nprobe)."""
+        _, lists = self.quantizer.search_core(x, nprobe)
+        return lists[:, 0] if nprobe == 1 else lists
+
+    def row_lists(self) -> jax.Array:
+        """List of each storage row; rows past `count` get the sentinel nlist."""
+        rows = jnp.arange(self.capacity, dtype=jnp.int32)
+        return (jnp.searchsorted(self.offsets, rows, side="right") - 1).astype(jnp.int32)
+
+    def live(self):
+        return _storage.live_mask(self.capacity, self.count)
+
+    def _encode(self, x, lists):
+        residual = x - self.centroids[lists] if self.by_residual else x
+        codes = self.codec.encode(residual)
+        return codes, dist_ops.squared_norms(self.codec.decode(codes))
+
+    def insert_rows(self, lists, codes, norms, ids, n_valid, accept):
+        """Merge rows into the list-sorted storage (refused rows and padding dropped)."""
+        n = lists.shape[0]
+        new_lists = jnp.where(accept & (jnp.arange(n) < n_valid), lists, self.nlist)
+        keys = jnp.concatenate([self.row_lists(), new_lists.astype(jnp.int32)])
+        order = jnp.argsort(keys, stable=True)[: self.capacity]
+
+        def merged(old, new):
+            return jnp.concatenate([old, new.astype(old.dtype)])[order]
+
+        counts = jnp.bincount(keys, length=self.nlist + 1)[: self.nlist]
+        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
+        return dataclasses.replace(
+            self, payload=merged(self.payload, codes), norms=merged(self.norms, norms),
+            ids=merged(self.ids, ids), offsets=offsets, count=offsets[-1])
+
+    def add_core(self, x, n_valid, ids, valid_rows, lists=None):
+        x = self.prepare(x)
+        n = x.shape[0]
+        if lists is None:
+            lists = self.assign(x)
+        if ids is None:
+            ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
+        new_valid = jnp.arange(n) < n_valid
+        status = jnp.where(jnp.all(valid_rows | ~new_valid), 0, _storage.NONFINITE)
+        status |= jnp.where(self.count + n_valid > self.capacity, _storage.OVERFLOW, 0)
+        if self.id_mode == "idmap2":
+            dup = _storage.has_duplicates(jnp.concatenate([self.ids, ids.astype(self.ids.dtype)]),
+                                          jnp.concatenate([self.live(), new_valid]))
+            status |= jnp.where(dup, _storage.DUPLICATE_ID, 0)
+        codes, norms = self._encode(jnp.where(valid_rows[:, None], x, 0.0), lists)
+        new = self.insert_rows(lists, codes, norms, ids, n_valid, status == 0)
+        return dataclasses.replace(new, status=self.status | status)
+
+    def remove_core(self, selector):
+        live = self.live()
+        removed = live & selector(self.ids)
+        keep = live & ~removed
+        lists = self.row_lists()
+        (payload, norms, ids), count = _storage.compact_rows(
+            (self.payload, self.norms, self.ids), keep)
+        counts = jnp.bincount(jnp.where(keep, lists, self.nlist), length=self.nlist + 1)
+        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                   jnp.cumsum(counts[: self.nlist], dtype=jnp.int32)])
+        return dataclasses.replace(self, payload=payload, norms=norms, ids=ids,
+                                   offsets=offsets, count=count), jnp.sum(removed, dtype=jnp.int32)
+
+    def reconstruct_core(self, ids):
+        rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype))
+        rows = jnp.clip(rows, 0, max(self.capacity - 1, 0))
+        out = self.codec.decode(self.payload[rows])
+        if self.by_residual:
+            out = out + self.centroids[jnp.clip(self.row_lists()[rows], 0, self.nlist - 1)]
+        return jnp.where(found[:, None], out, jnp.nan), found
+
+    # --- search ---------------------------------------------------------------------
+    def check_search_params(self, nprobe: int | None = None):
+        if self.exhaustive or self.nlist == 1:
+            if nprobe is not None:
+                raise InvalidInputError(f"{self.describe()} scans every list and takes no "
+                                        "nprobe")
+            return {"nprobe_bucket": self.nlist}
+        nprobe = 1 if nprobe is None else nprobe
+        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or \
+                not 1 <= nprobe <= self.nlist:
+            raise InvalidInputError(f"nprobe must be an int in [1, nlist={self.nlist}], "
+                                    f"got {nprobe!r}")
+        # The bucket (static) sets the shapes; the exact nprobe (traced) masks the extra
+        # probes, so nearby nprobe values share one compiled program.
+        return {"nprobe_bucket": min(1 << (int(nprobe) - 1).bit_length(), self.nlist),
+                "nprobe": np.asarray(nprobe, np.int32)}
+
+    def probe(self, q, nprobe_bucket: int, nprobe=None):
+        """(nq, nprobe_bucket) probed lists of prepared queries; probes past `nprobe`
+        (traced) are masked with the sentinel list id."""
+        lists = self.assign(q, nprobe_bucket) if nprobe_bucket > 1 else self.assign(q)[:, None]
+        if nprobe is None:
+            return lists
+        return jnp.where(jnp.arange(nprobe_bucket)[None, :] < nprobe, lists, self.nlist)
+
+    def _plan(self, lists):
+        """Work items of the list-major scan (see module docstring)."""
+        nq, npb = lists.shape
+        pairs = nq * npb
+        query_group = int(min(MAX_QUERY_GROUP, _pow2_near(pairs / self.nlist)))
+        row_chunk = int(np.clip(_pow2_near(self.capacity / self.nlist),
+                                MIN_ROW_CHUNK, MAX_ROW_CHUNK))
+        row_chunk = min(row_chunk, max(self.capacity, 1))
+        lims, perm = bucket_sort(lists.reshape(pairs), self.nlist)
+        group_sizes = jnp.diff(lims)
+        list_sizes = jnp.diff(self.offsets)
+        q_chunks = (group_sizes + query_group - 1) // query_group
+        r_chunks = (list_sizes + row_chunk - 1) // row_chunk
+        items = q_chunks * r_chunks
+        item_end = jnp.cumsum(items)
+        return dict(query_group=query_group, row_chunk=row_chunk, lims=lims, perm=perm,
+                    r_chunks=r_chunks, items=items, item_end=item_end, npb=npb, pairs=pairs)
+
+    def _item(self, plan, w, q, selector):
+        """Queries, rows and the (Qc, Lc) score block of work item w."""
+        qg, rc = plan["query_group"], plan["row_chunk"]
+        lst = jnp.searchsorted(plan["item_end"], w, side="right").astype(jnp.int32)
+        local = w - (plan["item_end"][lst] - plan["items"][lst])
+        j, p = local // plan["r_chunks"][lst], local % plan["r_chunks"][lst]
+        pos = plan["lims"][lst] + j * qg + jnp.arange(qg)
+        pair_ok = pos < plan["lims"][lst + 1]
+        pair = plan["perm"][jnp.clip(pos, 0, plan["pairs"] - 1)]
+        query = pair // plan["npb"]
+        qv = q[query]
+        start = self.offsets[lst] + p * rc
+        first = jnp.minimum(start, self.capacity - rc)
+        rows = first + jnp.arange(rc)
+        row_ok = (rows >= start) & (rows < self.offsets[lst + 1])
+        codes = jax.lax.dynamic_slice_in_dim(self.payload, first, rc)
+        ids = jax.lax.dynamic_slice_in_dim(self.ids, first, rc)
+        norms = jax.lax.dynamic_slice_in_dim(self.norms, first, rc)
+        if selector is not None:
+            row_ok &= selector(ids)
+        decoded = self.codec.decode(codes)
+        centroid = self.centroids[jnp.minimum(lst, self.nlist - 1)]
+        if self.metric == "l2":
+            qr = qv - centroid if self.by_residual else qv
+            scores = dist_ops.pairwise_scores(qr, decoded, "l2", y_sqnorms=norms)
+        else:
+            scores = dist_ops.pairwise_scores(qv, decoded, "ip")
+            if self.by_residual:
+                scores = scores + (qv @ centroid)[:, None]
+        ok = pair_ok[:, None] & row_ok[None, :]
+        return pair, pair_ok, query, scores, ok, ids
+
+    def scan(self, q, lists, k: int, selector=None):
+        """Top-k over the given probed lists (nq, nprobe) of prepared queries q."""
+        nq = q.shape[0]
+        plan = self._plan(lists)
+        similarity = dist_ops.is_similarity(self.metric)
+        take = min(k, plan["row_chunk"])
+        pairs = plan["pairs"]
+
+        def body(w, best):
+            best_d, best_i = best
+            pair, pair_ok, _, scores, ok, ids = self._item(plan, w, q, selector)
+            keyed = jnp.where(ok, -scores if similarity else scores, jnp.inf)
+            values, cols = smallest_k(keyed, take)
+            cand = jnp.where(jnp.isinf(values), -1, ids[cols])
+            safe = jnp.where(pair_ok, pair, 0)
+            merged_d, merged_i = merge_smallest(best_d[safe], best_i[safe], values, cand, k)
+            target = jnp.where(pair_ok, pair, pairs)
+            return (best_d.at[target].set(merged_d, mode="drop"),
+                    best_i.at[target].set(merged_i, mode="drop"))
+
+        init = (jnp.full((pairs, k), jnp.inf, jnp.float32),
+                jnp.full((pairs, k), -1, self.ids.dtype))
+        if self.capacity:
+            init = jax.lax.fori_loop(0, plan["item_end"][-1], body, init)
+        best_d, best_i = init
+        flat_d = best_d.reshape(nq, -1)
+        flat_i = best_i.reshape(nq, -1)
+        take_final = min(k, flat_d.shape[1])
+        values, cols = smallest_k(flat_d, take_final)
+        ids = jnp.where(jnp.isinf(values), -1, jnp.take_along_axis(flat_i, cols, 1))
+        if take_final < k:
+            values = jnp.pad(values, ((0, 0), (0, k - take_final)), constant_values=jnp.inf)
+            ids = jnp.pad(ids, ((0, 0), (0, k - take_final)), constant_values=-1)
+        return (-values if similarity else values), ids
+
+    def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None):
+        q = self.prepare(xq)
+        return self.scan(q, self.probe(q, nprobe_bucket, nprobe), k, selector)
+
+    def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
+                   nprobe=None):
+        q = self.prepare(xq)
+        nq = q.shape[0]
+        plan = self._plan(self.probe(q, nprobe_bucket, nprobe))
+        similarity = dist_ops.is_similarity(self.metric)
+        radius = jnp.asarray(radius, jnp.float32)
+
+        def body(w, state):
+            counts, dist, ids_out = state
+            _, pair_ok, query, scores, ok, ids = self._item(plan, w, q, selector)
+            hit = ok & (scores > radius if similarity else scores < radius)
+            safe_q = jnp.where(pair_ok, query, 0)
+            slot = counts[safe_q][:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
+            slot = jnp.where(hit, slot, capacity)
+            target_q = jnp.where(pair_ok, query, nq)[:, None]
+            dist = dist.at[target_q, slot].set(scores, mode="drop")
+            ids_out = ids_out.at[target_q, slot].set(
+                jnp.broadcast_to(ids[None, :], hit.shape), mode="drop")
+            counts = counts.at[jnp.where(pair_ok, query, nq)].add(
+                jnp.sum(hit, axis=1, dtype=jnp.int32), mode="drop")
+            return counts, dist, ids_out
+
+        fill = -jnp.inf if similarity else jnp.inf
+        state = (jnp.zeros((nq,), jnp.int32), jnp.full((nq, capacity), fill, jnp.float32),
+                 jnp.full((nq, capacity), -1, self.ids.dtype))
+        if self.capacity:
+            state = jax.lax.fori_loop(0, plan["item_end"][-1], body, state)
+        return state

@@ -1,0 +1,201 @@
+"""k-means (FAISS `Clustering` / `Kmeans`): the trainer of IVF coarse quantizers and PQ.
+
+FAISS's algorithm and defaults: subsample to `max_points_per_centroid * k` points, pick
+k distinct training points at random (or k-means++), then `niter` Lloyd iterations;
+empty clusters are re-seeded by splitting a large one (a donor drawn with probability
+proportional to its size - 1; both centroids nudged apart by a relative 1/1024), and
+`nredo` restarts keep the lowest objective. Spherical mode assigns by inner product and
+renormalises the centroids, as `faiss.Kmeans(..., spherical=True)` does.
+
+Each iteration is one jitted step: assignment streams the points through
+`ops.knn_scan` (k = 1), so memory stays bounded by a tile of distances whatever n is,
+and the update is a `segment_sum`. The Python loop around it reports progress.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jann._inputs import as_vectors, check_finite
+from jann.errors import InvalidInputError
+from jann.ops.distances import normalize_L2
+from jann.ops.knn import knn_scan
+
+__all__ = ["KMeansResult", "Kmeans", "assign", "kmeans"]
+
+_SPLIT_EPS = 1.0 / 1024.0
+
+
+class KMeansResult(NamedTuple):
+    centroids: jax.Array      # (k, d) float32
+    objective: list           # per iteration: sum of squared distances (sum of IPs if spherical)
+
+
+@functools.partial(jax.jit, static_argnames=("spherical",))
+def _assign(x, centroids, spherical=False):
+    metric = "ip" if spherical else "l2"
+    dist, labels = knn_scan(x, centroids, 1, metric)
+    return dist[:, 0], labels[:, 0]
+
+
+def assign(x, centroids, spherical: bool = False):
+    """Nearest centroid of each row: (distance (n,) float32, label (n,) int32).
+
+    Distances are squared L2 (inner products when spherical). Streamed in tiles.
+    """
+    return _assign(jnp.asarray(x, jnp.float32), jnp.asarray(centroids, jnp.float32),
+                   spherical=spherical)
+
+
+def _split_empty_clusters(centroids, counts, key):
+    """Re-seed each empty cluster from a donor drawn with p ~ size - 1 (FAISS's rule)."""
+    k, d = centroids.shape
+    signs = jnp.where(jnp.arange(d) % 2 == 0, 1.0, -1.0) * _SPLIT_EPS
+
+    def fix(ci, state):
+        cents, cnt, key = state
+        key, sub = jax.random.split(key)
+
+        def split(args):
+            cents, cnt = args
+            weight = jnp.maximum(cnt - 1, 0).astype(jnp.float32)
+            donor = jax.random.choice(sub, k, p=weight / jnp.maximum(weight.sum(), 1.0))
+            base = cents[donor]
+            cents = cents.at[ci].set(base * (1 + signs)).at[donor].set(base * (1 - signs))
+            half = cnt[donor] // 2
+            return cents, cnt.at[ci].set(half).at[donor].add(-half)
+
+        cents, cnt = jax.lax.cond(cnt[ci] == 0, split, lambda a: a, (cents, cnt))
+        return cents, cnt, key
+
+    centroids, counts, _ = jax.lax.fori_loop(0, k, fix, (centroids, counts, key))
+    return centroids
+
+
+@functools.partial(jax.jit, static_argnames=("spherical",))
+def _lloyd_step(x, centroids, key, spherical):
+    dist, labels = _assign(x, centroids, spherical)
+    k = centroids.shape[0]
+    sums = jax.ops.segment_sum(x, labels, num_segments=k)
+    counts = jnp.bincount(labels, length=k)
+    means = sums / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
+    new = jnp.where((counts > 0)[:, None], means, centroids)
+    new = jax.lax.cond(jnp.any(counts == 0),
+                       lambda c: _split_empty_clusters(c, counts, key), lambda c: c, new)
+    if spherical:
+        new = normalize_L2(new)
+    return new, jnp.sum(dist), jnp.sum(counts == 0)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _kmeans_pp(x, key, k):
+    """k-means++ seeding: each next centroid drawn with probability ~ D(x)^2."""
+    n = x.shape[0]
+    first = jax.random.randint(key, (), 0, n)
+    centroids = jnp.zeros((k, x.shape[1]), jnp.float32).at[0].set(x[first])
+    d2 = jnp.sum((x - x[first]) ** 2, axis=1)
+
+    def body(i, state):
+        cents, d2, key = state
+        key, sub = jax.random.split(key)
+        pick = jax.random.choice(sub, n, p=d2 / jnp.maximum(d2.sum(), 1e-30))
+        cents = cents.at[i].set(x[pick])
+        return cents, jnp.minimum(d2, jnp.sum((x - x[pick]) ** 2, axis=1)), key
+
+    centroids, _, _ = jax.lax.fori_loop(1, k, body, (centroids, d2, key))
+    return centroids
+
+
+def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool = False,
+           init: str = "random", max_points_per_centroid: int = 256,
+           min_points_per_centroid: int = 39, verbose: bool = False) -> KMeansResult:
+    """Cluster the rows of x (n, d) into k centroids (FAISS defaults).
+
+    `key` (a jax.random key) drives subsampling, initialisation and empty-cluster splits:
+    the same key and data give the same centroids. Fewer than k points is an error;
+    fewer than `min_points_per_centroid * k` a warning (as FAISS).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise InvalidInputError(f"k must be a positive int, got {k!r}")
+    if init not in ("random", "kmeans++"):
+        raise InvalidInputError(f"init must be 'random' or 'kmeans++', got {init!r}")
+    if niter < 0 or nredo < 1:
+        raise InvalidInputError(f"need niter >= 0 and nredo >= 1, got {niter}, {nredo}")
+    if key is None:
+        raise InvalidInputError("kmeans needs an explicit key=jax.random.key(...)")
+    x = as_vectors(x, None, "training vectors")
+    check_finite(x, "training vectors")
+    n = x.shape[0]
+    if n < k:
+        raise InvalidInputError(
+            f"k-means needs at least k={k} training points, got {n}")
+    if n < k * min_points_per_centroid:
+        warnings.warn(f"k-means: {n} training points for {k} centroids; FAISS advises at "
+                      f"least {k * min_points_per_centroid}", stacklevel=2)
+    key_sample, key = jax.random.split(key)
+    x = jnp.asarray(x, jnp.float32)
+    if n > k * max_points_per_centroid:
+        keep = jax.random.permutation(key_sample, n)[: k * max_points_per_centroid]
+        x = x[jnp.sort(keep)]
+    if spherical:
+        x = normalize_L2(x)
+    best = None
+    for redo in range(nredo):
+        key, key_init, key_iter = jax.random.split(key, 3)
+        if init == "kmeans++":
+            centroids = _kmeans_pp(x, key_init, k)
+        else:
+            centroids = x[jax.random.permutation(key_init, x.shape[0])[:k]]
+        history = []
+        start = time.perf_counter()
+        for it in range(niter):
+            key_iter, sub = jax.random.split(key_iter)
+            centroids, obj, n_empty = _lloyd_step(x, centroids, sub, spherical)
+            history.append(float(obj))
+            if verbose:
+                print(f"  k-means redo {redo} iter {it + 1}/{niter}: objective {history[-1]:.6g}"
+                      f", {int(n_empty)} empty clusters split, {time.perf_counter() - start:.1f} s",
+                      flush=True)
+        final = history[-1] if history else float(_assign(x, centroids, spherical)[0].sum())
+        better = best is None or (final > best[0] if spherical else final < best[0])
+        if better:
+            best = (final, centroids, history)
+    return KMeansResult(best[1], best[2])
+
+
+class Kmeans:
+    """FAISS-like convenience object: `Kmeans(d, k).train(x)`, then `.centroids`,
+    `.obj`, `.assign(x)`. Holds results on the host side; the functional form is
+    `jann.kmeans`."""
+
+    def __init__(self, d: int, k: int, *, niter: int = 25, nredo: int = 1,
+                 spherical: bool = False, init: str = "random", seed: int = 1234,
+                 max_points_per_centroid: int = 256, verbose: bool = False):
+        self.d, self.k = d, k
+        self.options = dict(niter=niter, nredo=nredo, spherical=spherical, init=init,
+                            max_points_per_centroid=max_points_per_centroid, verbose=verbose)
+        self.seed = seed
+        self.centroids = None
+        self.obj = []
+
+    def train(self, x):
+        x = as_vectors(x, self.d, "training vectors")
+        result = kmeans(x, self.k, key=jax.random.key(self.seed), **self.options)
+        self.centroids = np.asarray(result.centroids)
+        self.obj = result.objective
+        return self.obj[-1] if self.obj else None
+
+    def assign(self, x):
+        if self.centroids is None:
+            from jann.errors import NotTrainedError
+            raise NotTrainedError("Kmeans.assign before Kmeans.train")
+        dist, labels = assign(as_vectors(x, self.d, "x"), self.centroids,
+                              self.options["spherical"])
+        return dist, labels

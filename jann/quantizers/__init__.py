@@ -1,0 +1,1 @@
+"""Vector codecs: product, scalar and residual quantizers (train / encode / decode)."""

@@ -1,0 +1,253 @@
+"""Product quantizer (FAISS `ProductQuantizer`): the codec behind IVF-PQ, PQ and OPQ indexes.
+
+A vector is cut into M sub-vectors of d/M dimensions, and each is replaced by the index of
+its nearest centroid among 2**nbits learned for that sub-space; the code is the M indices.
+Distances to a query are then M table look-ups (asymmetric distance computation, ADC): the
+query's distance to every centroid of every sub-space is computed once (`distance_tables`),
+and a stored code's distance is the sum of its M entries (`adc`).
+
+Code layout, chosen so that a scan kernel only ever reads whole bytes or nibbles:
+
+- nbits 5..8: one byte per sub-code, code_size = M (as FAISS for nbits = 8);
+- nbits 1..4: two sub-codes per byte, sub-code 2j in the low nibble and 2j+1 in the high
+  nibble of byte j, code_size = ceil(M / 2) (as FAISS for nbits = 4, e.g. PQ32x4 is 16
+  bytes).
+
+For nbits 4 and 8 the bytes are therefore identical to FAISS's codes. For other widths
+FAISS packs bits tightly (PQ14x6 is 11 bytes there, 14 here); jann trades those bytes for
+a layout a kernel can address without bit arithmetic across byte boundaries.
+
+The same packing and the same look-up sum serve every codec whose code is M small indices
+(residual and additive quantizers in `rq.py`), so both live here as module functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from jann._inputs import as_vectors, check_finite
+from jann._pytree import pytree_dataclass
+from jann.errors import InvalidInputError, NotTrainedError
+from jann.kmeans import _lloyd_step, kmeans
+from jann.ops.knn import map_query_blocks
+
+__all__ = ["ProductQuantizer", "adc_lookup", "check_codec_shape", "check_training_size",
+           "code_size_for", "pack_codes", "unpack_codes"]
+
+# FAISS asks for this many training points per centroid before it stops warning.
+MIN_POINTS_PER_CENTROID = 39
+# Floats of the (rows, M, ksub) score block one encode step may hold (16 MiB).
+_SCORE_BUDGET = 1 << 22
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# --- code layout (shared by every codec whose code is M sub-codes) --------------------------
+def check_codec_shape(d: int, M: int, nbits: int, what: str) -> None:
+    """Raise InvalidInputError unless M > 0 divides d > 0 and nbits lies in 1..8."""
+    for name, value in (("d", d), ("M", M), ("nbits", nbits)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInputError(f"{what}: {name} must be a positive int, got {value!r}")
+    if nbits > 8:
+        raise InvalidInputError(f"{what}: nbits must lie in 1..8, got {nbits}")
+    if d % M:
+        raise InvalidInputError(f"{what}: M={M} must divide the dimension d={d}")
+
+
+def code_size_for(M: int, nbits: int) -> int:
+    """Bytes per code: ceil(M / 2) for nbits <= 4 (nibbles), else M (bytes)."""
+    return (M + 1) // 2 if nbits <= 4 else M
+
+
+def pack_codes(codes: jax.Array, nbits: int) -> jax.Array:
+    """(n, M) integer sub-codes -> (n, code_size) uint8 in the layout of the module doc."""
+    codes = codes.astype(jnp.uint8)
+    if nbits > 4:
+        return codes
+    if codes.shape[1] % 2:
+        codes = jnp.pad(codes, ((0, 0), (0, 1)))
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack_codes(packed: jax.Array, M: int, nbits: int) -> jax.Array:
+    """(n, code_size) uint8 -> (n, M) int32 sub-codes; inverse of `pack_codes`."""
+    packed = packed.astype(jnp.int32)
+    if nbits > 4:
+        return packed
+    nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
+    return nibbles.reshape(packed.shape[0], -1)[:, :M]
+
+
+def adc_lookup(tables: jax.Array, codes: jax.Array) -> jax.Array:
+    """Sum over m of tables[q, m, codes[i, m]]: (nq, M, ksub) x (n, M) -> (nq, n) float32.
+
+    The pure-jnp reference of the ADC scan: one gather-and-add per sub-space, so the extra
+    memory is the (nq, n) result. Callers tile n; a Pallas kernel is to replace this.
+    """
+    def add_subspace(acc, table_and_codes):
+        table, sub_codes = table_and_codes          # (nq, ksub), (n,)
+        return acc + jnp.take(table, sub_codes, axis=1), None
+
+    init = jnp.zeros((tables.shape[0], codes.shape[0]), jnp.float32)
+    total, _ = jax.lax.scan(add_subspace, init,
+                            (jnp.swapaxes(tables, 0, 1).astype(jnp.float32), codes.T))
+    return total
+
+
+def check_training_size(n: int, ksub: int, what: str) -> None:
+    """Refuse fewer than ksub points; warn below FAISS's 39 points per centroid."""
+    if n < ksub:
+        raise InvalidInputError(
+            f"{what}: training needs at least {ksub} vectors (2**nbits centroids), got {n}")
+    if n < MIN_POINTS_PER_CENTROID * ksub:
+        warnings.warn(f"{what}: {n} training vectors for {ksub} centroids per codebook; "
+                      f"FAISS advises at least {MIN_POINTS_PER_CENTROID * ksub}", stacklevel=3)
+
+
+def training_vectors(x, d: int) -> jax.Array:
+    """Validated (n, d) float32 training data (finite values, the codec's dimension)."""
+    x = as_vectors(x, d, "training vectors")
+    check_finite(x, "training vectors")
+    return jnp.asarray(x, jnp.float32)
+
+
+def rows_per_block(per_row: int) -> int:
+    """Rows a streamed encoder may process at once so per_row floats each fit the budget."""
+    return max(1, _SCORE_BUDGET // max(1, per_row))
+
+
+# --- sub-space arithmetic ----------------------------------------------------------------
+def _subvectors(x: jax.Array, M: int) -> jax.Array:
+    return x.astype(jnp.float32).reshape(x.shape[0], M, -1)
+
+
+def _subspace_dots(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
+    """(n, M, dsub) x (M, ksub, dsub) -> (n, M, ksub) inner products, full float32."""
+    return jnp.einsum("nmd,mkd->nmk", x_sub, centroids, precision=_HIGHEST)
+
+
+def nearest_subcodes(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
+    """Index of the nearest centroid in each sub-space: (n, M, dsub) -> (n, M) int32.
+
+    Ranks by ||c||^2 - 2 <x, c> (||x||^2 is common to all candidates), so a centroid
+    given as input wins against any other that is not numerically equal to it.
+    """
+    c_norms = jnp.sum(centroids * centroids, axis=-1)
+    scores = c_norms[None] - 2.0 * _subspace_dots(x_sub, centroids)
+    return jnp.argmin(scores, axis=-1).astype(jnp.int32)
+
+
+@pytree_dataclass(data=("centroids",), meta=("d", "M", "nbits", "is_trained"))
+@dataclasses.dataclass(frozen=True)
+class ProductQuantizer:
+    """M sub-quantizers of 2**nbits centroids each over d/M-dimensional sub-vectors.
+
+    centroids: (M, ksub, dsub) float32 (zeros until trained). Static: d, M, nbits,
+    is_trained.
+    """
+
+    centroids: jax.Array
+    d: int
+    M: int
+    nbits: int = 8
+    is_trained: bool = False
+
+    @classmethod
+    def create(cls, d: int, M: int, nbits: int = 8) -> "ProductQuantizer":
+        """An untrained PQ (FAISS `ProductQuantizer(d, M, nbits)`)."""
+        check_codec_shape(d, M, nbits, "ProductQuantizer")
+        return cls(centroids=jnp.zeros((M, 1 << nbits, d // M), jnp.float32),
+                   d=d, M=M, nbits=nbits, is_trained=False)
+
+    @property
+    def dsub(self) -> int:
+        return self.d // self.M
+
+    @property
+    def ksub(self) -> int:
+        return 1 << self.nbits
+
+    @property
+    def code_size(self) -> int:
+        """Bytes per encoded vector (see the module doc for the layout)."""
+        return code_size_for(self.M, self.nbits)
+
+    def _require_trained(self, what: str) -> None:
+        if not self.is_trained:
+            raise NotTrainedError(f"ProductQuantizer.{what} before train")
+
+    # --- training (host level) ------------------------------------------------------------
+    def train(self, x, *, key, niter: int = 25, max_points_per_centroid: int = 256,
+              init: str = "random", verbose: bool = False) -> "ProductQuantizer":
+        """A trained copy: k-means in each sub-space (FAISS defaults: 25 iterations, at most
+        256 points per centroid, random init). Deterministic for a given key."""
+        x = training_vectors(x, self.d)
+        check_training_size(x.shape[0], self.ksub, "ProductQuantizer")
+        keys = jax.random.split(key, self.M)
+        centroids = [
+            kmeans(x[:, m * self.dsub:(m + 1) * self.dsub], self.ksub, key=keys[m],
+                   niter=niter, init=init, max_points_per_centroid=max_points_per_centroid,
+                   min_points_per_centroid=0, verbose=verbose).centroids
+            for m in range(self.M)]
+        return dataclasses.replace(self, centroids=jnp.stack(centroids), is_trained=True)
+
+    def refine(self, x, *, key, niter: int) -> "ProductQuantizer":
+        """`niter` Lloyd iterations per sub-space starting from the current centroids
+        (FAISS's `Train_hot_start`, as OPQ uses between rotations). Jittable."""
+        self._require_trained("refine")
+        x_sub = jnp.swapaxes(_subvectors(jnp.asarray(x), self.M), 0, 1)   # (M, n, dsub)
+
+        def step(i, centroids):
+            keys = jax.random.split(jax.random.fold_in(key, i), self.M)
+            lloyd = jax.vmap(lambda xs, c, k: _lloyd_step(xs, c, k, False)[0])
+            return lloyd(x_sub, centroids, keys)
+
+        return dataclasses.replace(self, centroids=jax.lax.fori_loop(0, niter, step,
+                                                                     self.centroids))
+
+    # --- codec (jittable) -----------------------------------------------------------------
+    def encode_indices(self, x) -> jax.Array:
+        """(n, d) -> (n, M) int32 sub-codes (nearest centroid per sub-space), streamed."""
+        self._require_trained("encode")
+        x = jnp.asarray(x)
+        block = rows_per_block(self.M * self.ksub)
+        return map_query_blocks(
+            lambda rows: nearest_subcodes(_subvectors(rows, self.M), self.centroids), x, block)
+
+    def encode(self, x) -> jax.Array:
+        """(n, d) float -> (n, code_size) uint8."""
+        return pack_codes(self.encode_indices(x), self.nbits)
+
+    def decode_indices(self, indices: jax.Array) -> jax.Array:
+        """(n, M) int sub-codes -> (n, d) float32 reconstructions."""
+        self._require_trained("decode")
+        picked = jax.vmap(lambda c, i: c[i], in_axes=(0, 1), out_axes=1)(
+            self.centroids, indices.astype(jnp.int32))               # (n, M, dsub)
+        return picked.reshape(indices.shape[0], self.d)
+
+    def decode(self, codes) -> jax.Array:
+        """(n, code_size) uint8 -> (n, d) float32."""
+        return self.decode_indices(unpack_codes(jnp.asarray(codes), self.M, self.nbits))
+
+    # --- asymmetric distances -------------------------------------------------------------
+    def distance_tables(self, xq, metric: str = "l2") -> jax.Array:
+        """(nq, M, ksub) float32 look-up tables of the queries against every centroid:
+        squared L2 distances of each query sub-vector ("l2") or inner products ("ip")."""
+        self._require_trained("distance_tables")
+        if metric not in ("l2", "ip"):
+            raise InvalidInputError(f"ProductQuantizer tables support 'l2' and 'ip', got "
+                                    f"{metric!r}")
+        q_sub = _subvectors(jnp.asarray(xq), self.M)
+        dots = _subspace_dots(q_sub, self.centroids)
+        if metric == "ip":
+            return dots
+        q_norms = jnp.sum(q_sub * q_sub, axis=-1)[..., None]
+        c_norms = jnp.sum(self.centroids * self.centroids, axis=-1)[None]
+        return jnp.maximum(q_norms + c_norms - 2.0 * dots, 0.0)
+
+    def adc(self, tables: jax.Array, codes) -> jax.Array:
+        """(nq, n) float32: each query's summed table entries for each code (ADC)."""
+        return adc_lookup(tables, unpack_codes(jnp.asarray(codes), self.M, self.nbits))

@@ -1,0 +1,256 @@
+"""IVF family and coded indexes: parity with faiss-cpu on real data, exactness limits,
+updates, persistence, and bad input."""
+
+import faiss
+import jax
+import numpy as np
+import pytest
+
+import jann
+from jann import datasets
+
+from conftest import assert_knn_equal
+
+K = 10
+NQ = 300
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = datasets.load_embedded()
+    xb, xq = d["base"], d["queries"][:NQ]
+    _, gt = datasets.exact_knn(xq, xb, K)
+    return xb, xq, gt
+
+
+def recall(I, gt):
+    I = np.asarray(I)
+    return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(I, gt)]))
+
+
+def _faiss_recall(description, xb, xq, gt, metric, params):
+    ref = faiss.index_factory(xb.shape[1], description,
+                              faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+    ref.train(xb)
+    ref.add(xb)
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(ref, name, value)
+    return recall(ref.search(xq, K)[1], gt)
+
+
+# (factory string, search params); nlist kept small so training is quick on 2 cores.
+PARITY = [
+    ("IVF64,Flat", {"nprobe": 4}),
+    ("IVF64,SQ8", {"nprobe": 4}),
+    ("IVF64,SQfp16", {"nprobe": 4}),
+    ("IVF64,SQ4", {"nprobe": 8}),
+    ("IVF64,PQ28", {"nprobe": 8}),
+    ("IVF64,PQ28x4", {"nprobe": 8}),
+    ("IVF64,PQ14,RFlat", {"nprobe": 8, "k_factor": 4}),
+    ("OPQ14_112,IVF64,PQ14", {"nprobe": 8}),
+    ("PCA64,IVF64,Flat", {"nprobe": 4}),
+    ("IVF32,RQ4x8", {"nprobe": 8}),
+    ("PQ28", {}),
+    ("SQ8", {}),
+    ("RQ4x8", {}),
+    ("Residual64,PQ14", {}),
+]
+
+
+@pytest.mark.parametrize("description,params", PARITY, ids=[p[0] for p in PARITY])
+def test_recall_within_002_of_faiss(description, params, data):
+    xb, xq, gt = data
+    index = jann.index_factory(xb.shape[1], description)
+    index = jann.add(jann.train(index, xb, key=jax.random.key(0)), xb)
+    _, I = jann.search(index, xq, K, **params)
+    ours = recall(I, gt)
+    faiss_params = {("k_factor_rf" if k == "k_factor" else k): v for k, v in params.items()}
+    theirs = _faiss_recall(description, xb, xq, gt, "l2", faiss_params)
+    assert ours >= theirs - 0.02, f"{description}: jann {ours:.3f} vs faiss {theirs:.3f}"
+
+
+def _ivf_flat(xb, nlist=64, description=None, metric="l2", **kw):
+    index = jann.index_factory(xb.shape[1], description or f"IVF{nlist},Flat", metric, **kw)
+    return jann.train(index, xb, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_nprobe_nlist_equals_exact_search(metric, data):
+    xb, xq, _ = data
+    index = jann.add(_ivf_flat(xb, 32, metric=metric), xb)
+    D, I = jann.search(index, xq[:50], K, nprobe=32)
+    flat = jann.add(jann.index_factory(xb.shape[1], "Flat", metric), xb)
+    fD, fI = jann.search(flat, xq[:50], K)
+    np.testing.assert_allclose(np.asarray(D), np.asarray(fD), rtol=1e-4, atol=1e-1)
+    assert (np.asarray(I) == np.asarray(fI)).mean() > 0.99
+
+
+def test_recall_grows_with_nprobe_and_no_recompile_within_bucket(data, compile_counter):
+    xb, xq, gt = data
+    index = jann.add(_ivf_flat(xb), xb)
+    recalls = [recall(jann.search(index, xq, K, nprobe=p)[1], gt) for p in (1, 4, 16, 64)]
+    assert recalls == sorted(recalls) and recalls[-1] > 0.999
+    jann.search(index, xq, K, nprobe=5)
+    before = compile_counter.count
+    for p in (6, 7, 8):  # the same power-of-two bucket as 5
+        jann.search(index, xq, K, nprobe=p)
+    assert compile_counter.count == before
+
+
+def test_any_k_and_empty_lists(data):
+    xb, xq, _ = data
+    index = jann.add(_ivf_flat(xb), xb[:500])
+    D, I = jann.search(index, xq[:5], 700, nprobe=64)
+    assert (np.asarray(I)[:, 500:] == -1).all() and (np.asarray(I)[:, :500] >= 0).all()
+    D, I = jann.search(jann.train(jann.index_factory(196, "IVF8,Flat"), xb[:400],
+                                  key=jax.random.key(1)), xq[:2], 3, nprobe=2)
+    assert (np.asarray(I) == -1).all()  # trained but empty
+
+
+def test_add_in_batches_equals_one_add(data):
+    xb, xq, _ = data
+    trained = _ivf_flat(xb, description="IVF64,SQ8")
+    one = jann.add(trained, xb[:6000])
+    many = trained
+    for part in np.array_split(xb[:6000], 5):
+        many = jann.add(many, part)
+    for a, b in zip(jann.search(one, xq, K, nprobe=8), jann.search(many, xq, K, nprobe=8)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("description", ["IVF64,Flat", "IVF64,PQ14", "PCA64,IVF32,Flat",
+                                         "IVF32,Flat,RFlat"])
+def test_remove_then_search_never_returns_removed(description, data):
+    xb, xq, _ = data
+    index = jann.add(jann.train(jann.index_factory(196, description), xb[:5000],
+                                key=jax.random.key(0)), xb[:5000])
+    params = {} if description.startswith("IVF32,Flat,R") else {"nprobe": 16}
+    _, before = jann.search(index, xq[:100], K, **params)
+    victims = np.unique(np.asarray(before)[:, :3])
+    new, n = jann.remove_ids(index, jann.IDSelectorBatch(victims))
+    assert n == len(victims) and jann.ntotal(new) == 5000 - n
+    _, after = jann.search(new, xq[:100], K, **params)
+    assert not np.isin(np.asarray(after), victims).any()
+
+
+def test_ids_selectors_and_reconstruct(data):
+    xb, xq, _ = data
+    index = jann.add(_ivf_flat(xb, description="IDMap2,IVF64,Flat"), xb[:3000],
+                     ids=np.arange(3000) * 7 + 1)
+    _, I = jann.search(index, xq[:20], K, nprobe=64, selector=jann.IDSelectorRange(0, 7000))
+    assert ((np.asarray(I) < 7000) & (np.asarray(I) >= 0)).all()  # full k among allowed
+    np.testing.assert_allclose(np.asarray(jann.reconstruct(index, [8, 7 * 2999 + 1])),
+                               xb[[1, 2999]])
+    with pytest.raises(jann.DuplicateIdError):
+        jann.add(index, xb[:2], ids=[1, 5])
+
+
+def test_reconstruct_of_codes_is_close(data):
+    xb, _, _ = data
+    index = jann.add(_ivf_flat(xb, description="IVF64,SQ8"), xb[:1000])
+    rec = np.asarray(jann.reconstruct_n(index, 0, 1000))
+    assert np.mean((rec - xb[:1000]) ** 2) < 0.01 * np.mean(xb[:1000] ** 2)
+
+
+def test_range_search_ivf_flat_full_probe_equals_brute_force(data):
+    xb, xq, _ = data
+    index = jann.add(_ivf_flat(xb, 16), xb[:4000])
+    flat = jann.add(jann.index_factory(196, "Flat"), xb[:4000])
+    radius = 3.0e5
+    lims, D, I = jann.range_search(index, xq[:20], radius, nprobe=16)
+    flims, fD, fI = jann.range_search(flat, xq[:20], radius)
+    np.testing.assert_array_equal(np.asarray(lims), np.asarray(flims))
+    for q in range(20):
+        a = np.asarray(I)[np.asarray(lims)[q]:np.asarray(lims)[q + 1]]
+        b = np.asarray(fI)[np.asarray(flims)[q]:np.asarray(flims)[q + 1]]
+        assert sorted(a) == sorted(b)
+
+
+def _same(a, b):
+    """Same ids; distances equal up to float32 rounding (programs compiled differently
+    may fuse the code decoding differently)."""
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-6)
+    assert (np.asarray(a[1]) == np.asarray(b[1])).mean() > 0.995
+
+
+def test_preassigned_and_merge(data):
+    xb, xq, _ = data
+    trained = _ivf_flat(xb, description="IVF64,PQ14")
+    lists = np.asarray(trained.assign(trained.prepare(xb[:2000])))
+    pre = jann.add_preassigned(trained, xb[:2000], lists)
+    normal = jann.add(trained, xb[:2000])
+    _same(jann.search(pre, xq, K, nprobe=8), jann.search(normal, xq, K, nprobe=8))
+    probe = np.asarray(trained.assign(trained.prepare(xq), 8))
+    D, I = jann.search_preassigned(normal, xq, K, probe)
+    np.testing.assert_array_equal(np.asarray(I), np.asarray(jann.search(normal, xq, K, nprobe=8)[1]))
+    merged = jann.merge_from(jann.add(trained, xb[:1000]), jann.add(trained, xb[1000:2000]))
+    _same(jann.search(merged, xq, K, nprobe=8), jann.search(normal, xq, K, nprobe=8))
+    other = _ivf_flat(xb[::-1].copy(), description="IVF64,PQ14")
+    with pytest.raises(jann.InvalidInputError, match="quantizer"):
+        jann.merge_from(normal, jann.add(other, xb[:10]))
+
+
+@pytest.mark.parametrize("description", ["IVF64,PQ14", "OPQ14_112,IVF64,PQ14", "SQ8",
+                                         "IVF32,Flat,RFlat"])
+def test_save_load_and_serialize_keep_results(description, data, tmp_path):
+    xb, xq, _ = data
+    index = jann.add(jann.train(jann.index_factory(196, description), xb[:3000],
+                                key=jax.random.key(0)), xb[:3000])
+    params = {"nprobe": 8} if description.startswith(("IVF64", "OPQ")) else {}
+    want = jann.search(index, xq, K, **params)
+    jann.save(index, tmp_path / "ix")
+    for restored in (jann.load(tmp_path / "ix"), jann.deserialize(jann.serialize(index))):
+        assert restored.describe() == index.describe()
+        for a, b in zip(want, jann.search(restored, xq, K, **params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_shrink_to_fit_and_memory(data):
+    xb, _, _ = data
+    index = jann.shrink_to_fit(jann.add(_ivf_flat(xb, description="IVF64,PQ28"), xb))
+    codes_and_ids = jann.ntotal(index) * (28 + index.ids.dtype.itemsize)
+    stored = index.payload.nbytes + index.ids.nbytes + index.norms.nbytes + index.offsets.nbytes
+    assert stored <= 1.3 * codes_and_ids
+
+
+def test_search_inside_jit(data):
+    xb, xq, gt = data
+    index = jann.add(_ivf_flat(xb), xb)
+    D, I = jax.jit(lambda ix, q: jann.search(ix, q, K, nprobe=8))(index, xq)
+    np.testing.assert_array_equal(np.asarray(I), np.asarray(jann.search(index, xq, K, nprobe=8)[1]))
+
+
+# ------------------------------------------------------------------ bad input
+def test_untrained_errors_name_train(data):
+    xb, xq, _ = data
+    index = jann.index_factory(196, "IVF64,PQ14")
+    with pytest.raises(jann.NotTrainedError, match="jann.train"):
+        jann.add(index, xb[:10])
+    with pytest.raises(jann.NotTrainedError, match="jann.train"):
+        jann.search(index, xq[:1], 1)
+
+
+def test_bad_ivf_parameters(data):
+    xb, xq, _ = data
+    with pytest.raises(jann.InvalidInputError, match="at least"):
+        jann.train(jann.index_factory(196, "IVF64,Flat"), xb[:10], key=jax.random.key(0))
+    index = jann.add(_ivf_flat(xb, 16), xb[:100])
+    for bad in (0, -1, 17, 2.5):
+        with pytest.raises(jann.InvalidInputError, match="nprobe"):
+            jann.search(index, xq[:1], 1, nprobe=bad)
+    with pytest.raises(jann.InvalidInputError, match="divide|multiple"):
+        jann.index_factory(196, "IVF16,PQ15")
+    for nbits in (0, 9):
+        with pytest.raises(jann.JannError):
+            jann.index_factory(196, f"IVF16,PQ14x{nbits}")
+    with pytest.raises(jann.FactoryStringError, match="Grammar"):
+        jann.index_factory(196, "IVF16,Nope")
+    with pytest.raises(jann.FactoryStringError, match="Flat only"):
+        jann.index_factory(196, "IVF16,Flat", metric="l1")
+
+
+def test_few_training_points_warn_like_faiss(data):
+    xb, _, _ = data
+    with pytest.warns(UserWarning, match="training points"):
+        jann.train(jann.index_factory(196, "IVF64,Flat"), xb[:1000], key=jax.random.key(0))
