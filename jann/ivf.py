@@ -46,8 +46,12 @@ from jann.ops.topk import merge_smallest, smallest_k
 
 __all__ = ["IVFIndex"]
 
+# Work-item shape of the list-major scan: queries per group ~ the mean number of queries
+# probing a list, rows per chunk ~ the mean list length (times these factors), clipped.
 MAX_QUERY_GROUP = 64
 MIN_ROW_CHUNK, MAX_ROW_CHUNK = 32, 512
+QUERY_GROUP_FACTOR = 1.0
+ROW_CHUNK_FACTOR = 1.0
 
 
 def _pow2_near(x: float) -> int:
@@ -137,10 +141,11 @@ class IVFIndex:
         return self.quantizer.vectors[: self.nlist].astype(jnp.float32)
 
     # --- training -------------------------------------------------------------------
-    def train(self, x, *, key=None, niter: int = 25, verbose: bool = False,
+    def train(self, x, *, key=None, niter: int = 10, verbose: bool = False,
               max_points_per_centroid: int = 256):
-        """k-means for the coarse quantizer (skipped for one list), then the codec on
-        the (residual) vectors. Fewer training points than 39 * nlist warns (FAISS)."""
+        """k-means for the coarse quantizer (skipped for one list; 10 iterations, FAISS's
+        IVF default), then the codec on the (residual) vectors. Fewer training points than
+        39 * nlist warns (FAISS)."""
         if key is None:
             key = jax.random.key(0)
         key_coarse, key_codec = jax.random.split(key)
@@ -270,8 +275,9 @@ class IVFIndex:
         """Work items of the list-major scan (see module docstring)."""
         nq, npb = lists.shape
         pairs = nq * npb
-        query_group = int(min(MAX_QUERY_GROUP, _pow2_near(pairs / self.nlist)))
-        row_chunk = int(np.clip(_pow2_near(self.capacity / self.nlist),
+        query_group = int(min(MAX_QUERY_GROUP,
+                              _pow2_near(QUERY_GROUP_FACTOR * pairs / self.nlist)))
+        row_chunk = int(np.clip(_pow2_near(ROW_CHUNK_FACTOR * self.capacity / self.nlist),
                                 MIN_ROW_CHUNK, MAX_ROW_CHUNK))
         row_chunk = min(row_chunk, max(self.capacity, 1))
         lims, perm = bucket_sort(lists.reshape(pairs), self.nlist)
@@ -305,7 +311,9 @@ class IVFIndex:
         if selector is not None:
             row_ok &= selector(ids)
         decoded = self.codec.decode(codes)
-        centroid = self.centroids[jnp.minimum(lst, self.nlist - 1)]
+        # One row, not `self.centroids[...]`: slicing all centroids inside the loop body
+        # would copy them on every item.
+        centroid = self.quantizer.vectors[jnp.minimum(lst, self.nlist - 1)].astype(jnp.float32)
         if self.metric == "l2":
             qr = qv - centroid if self.by_residual else qv
             scores = dist_ops.pairwise_scores(qr, decoded, "l2", y_sqnorms=norms)
