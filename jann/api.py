@@ -100,10 +100,22 @@ def train(index, x, key=None, **kwargs):
 
 
 # ------------------------------------------------------------------------------- add
-@jax.jit
-def _add_jit(index, x, n_valid, ids, lists):
+def _add_step(index, x, n_valid, ids, lists):
     extra = {} if lists is None else {"lists": lists}
     return index.add_core(x, n_valid, ids, _row_ok(index, x), **extra)
+
+
+_add_jit = jax.jit(_add_step)
+# For indexes the add loop made itself (after a growth, or a previous chunk): their
+# buffers are updated in place instead of copied, so a large add in chunks is O(n), not
+# O(n^2). The caller's own index is never donated: it stays valid, as immutability says.
+_add_jit_in_place = jax.jit(_add_step, donate_argnums=0)
+
+
+def _owns_all(index, callers) -> bool:
+    """True when no array of `index` is also one of the caller's (safe to donate)."""
+    theirs = {id(leaf) for leaf in jax.tree.leaves(callers)}
+    return not any(id(leaf) in theirs for leaf in jax.tree.leaves(index))
 
 
 def reserve(index, n: int):
@@ -161,15 +173,17 @@ def _add(index, x, ids, lists):
         return index
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
     status_before = _storage.host_int(index.status)
+    callers = index
     for start, stop in _chunks(n, ADD_BUCKETS[-1]):
         rows = stop - start
         index = reserve(index, rows)
+        step = _add_jit_in_place if _owns_all(index, callers) else _add_jit
         bucket = _bucket(rows, ADD_BUCKETS)
         chunk_ids = None if ids is None else _pad_rows_np_or_jit(ids[start:stop], bucket)
         chunk_lists = None if lists is None else _pad_rows_np_or_jit(
             np.asarray(lists[start:stop], np.int32), bucket)
-        index = _add_jit(index, _pad_rows_np_or_jit(x[start:stop], bucket),
-                         jnp.int32(rows), chunk_ids, chunk_lists)
+        index = step(index, _pad_rows_np_or_jit(x[start:stop], bucket),
+                     jnp.int32(rows), chunk_ids, chunk_lists)
         _storage.raise_for_status(_storage.host_int(index.status) & ~status_before)
     return index
 

@@ -82,7 +82,10 @@ class PreTransformIndex(_Delegating):
         return self.transform.is_trained and self.index.is_trained
 
     def describe(self) -> str:
-        return f"{self.transform_description},{self.index.describe()}"
+        inner = self.index.describe()
+        prefix = next((p for p in ("IDMap2,", "IDMap,") if inner.startswith(p)), "")
+        return ",".join(p for p in (prefix + self.transform_description,
+                                    inner[len(prefix):]) if p)
 
     def train(self, x, *, key=None, **kwargs):
         from jann.api import train as train_index

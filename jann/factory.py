@@ -5,7 +5,7 @@ Grammar (comma-separated, FAISS's spelling):
     [IDMap,|IDMap2,] {transform,} main [,RFlat | ,Refine(<codes>)]
 
     transform: PCA<d> | PCAW<d> (whitened) | PCAR<d> (+ random rotation) | PCAWR<d>
-               | OPQ<M>[_<d>] | RR<d> | ITQ[<d>]
+               | OPQ<M>[_<d>] | RR[<d>] | ITQ[<d>]
     main:      Flat | Flat(float16|bfloat16)       exact search
                | IVF<nlist>,<codes>                inverted file
                | Residual<nlist>,<codes>           2-level: residual codes, every list scanned
@@ -57,19 +57,12 @@ def _transform(token: str, d: int):
     from jann import transforms
     from jann.quantizers.opq import OPQMatrix
 
-    if m := re.fullmatch(r"PCA(W?)(R?)(\d+)", token):
-        d_out = int(m.group(3))
-        return transforms.PCAMatrix.create(
-            d, d_out, eigen_power=-0.5 if m.group(1) else 0.0,
-            random_rotation=bool(m.group(2))), d_out
     if m := re.fullmatch(r"OPQ(\d+)(?:_(\d+))?", token):
         d_out = int(m.group(2) or d)
         return OPQMatrix.create(d, int(m.group(1)), d_out), d_out
-    if m := re.fullmatch(r"RR(\d+)", token):
-        return transforms.RandomRotationMatrix.create(d, int(m.group(1))), int(m.group(1))
-    if m := re.fullmatch(r"ITQ(\d*)", token):
-        d_out = int(m.group(1) or d)
-        return transforms.ITQTransform.create(d, d_out), d_out
+    if re.fullmatch(r"(PCAW?R?\d+|RR\d*|ITQ\d*)", token):
+        transform = transforms.parse_transform(token, d)
+        return transform, transform.d_out
     return None
 
 

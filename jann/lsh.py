@@ -79,8 +79,8 @@ class BinaryCodeStore(FlatIndex):
     """Packed binary codes with Flat's storage (ids, growth, removal), searched by Hamming
     distance; `vectors` holds the (capacity, nbytes) uint8 codes."""
 
-    def describe(self) -> str:
-        return "BFlat"
+    def describe(self) -> str:  # named by the LSH transform in front of it
+        return {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
 
     def prepare_queries(self, codes):
         return codes

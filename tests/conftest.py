@@ -1,12 +1,18 @@
 """Shared fixtures. Recall-related tests use real data (the embedded Fashion-MNIST subset);
 random vectors are used only where the test is about shapes or exact equality."""
 
+import faiss
 import jax
 import numpy as np
 import pytest
 
 import jann
 from jann import datasets
+
+
+# faiss is an oracle here, not a competitor: one OpenMP thread keeps it from spinning
+# against XLA's threads on small CI machines (calls were up to 15x slower otherwise).
+faiss.omp_set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,9 @@ PARITY = [
     ("SQ8", {}),
     ("RQ4x8", {}),
     ("Residual64,PQ14", {}),
+    ("LSH", {}),
+    ("LSHrt", {}),
+    ("ITQ64,LSH", {}),
 ]
 
 

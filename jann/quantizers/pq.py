@@ -46,15 +46,20 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --- code layout (shared by every codec whose code is M sub-codes) --------------------------
-def check_codec_shape(d: int, M: int, nbits: int, what: str) -> None:
-    """Raise InvalidInputError unless M > 0 divides d > 0 and nbits lies in 1..8."""
-    for name, value in (("d", d), ("M", M), ("nbits", nbits)):
+def check_codec_shape(d: int, M: int, nbits: int, what: str,
+                      parts: tuple[str, int] | None = None) -> None:
+    """Raise InvalidInputError unless d and M are positive ints, nbits lies in 1..8 and
+    the number of sub-spaces d is cut into, `parts` = (name, count) (("M", M) by
+    default), divides d."""
+    parts_name, n_parts = ("M", M) if parts is None else parts
+    for name, value in (("d", d), ("M", M), ("nbits", nbits), (parts_name, n_parts)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InvalidInputError(f"{what}: {name} must be a positive int, got {value!r}")
     if nbits > 8:
         raise InvalidInputError(f"{what}: nbits must lie in 1..8, got {nbits}")
-    if d % M:
-        raise InvalidInputError(f"{what}: M={M} must divide the dimension d={d}")
+    if d % n_parts:
+        raise InvalidInputError(
+            f"{what}: {parts_name}={n_parts} must divide the dimension d={d}")
 
 
 def code_size_for(M: int, nbits: int) -> int:
