@@ -55,10 +55,12 @@ def limit_threads(threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- timing
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """fn() -> (result, wall s, process CPU s, CPU share other processes took meanwhile)."""
+    snap, wall, cpu = cpu_snapshot(), time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return out, wall, cpu, contention(snap, cpu_snapshot())["other_processes_cpu_fraction"]
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple]:
@@ -67,8 +69,9 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
     Each fn must finish its work before returning (block on jax results). The first call
     (compile, caches) is reported apart; rounds alternate contenders so slow spells of a
     shared machine hit them all alike. Returns {name: (last result, timing)} with timing
-    {"first_s", "best_s", "runs_s", "cpu_util"}; cpu_util is process CPU time / wall time
-    of the best run (about the number of busy cores).
+    {"first_s", "best_s", "runs_s", "cpu_util", "others_cpu", "runs_others_cpu"};
+    cpu_util is process CPU time / wall time of the best run (about the number of busy
+    cores), others_cpu the share of the machine's CPU other processes used during it.
     """
     first = {name: _timed(fn) for name, fn in fns.items()}
     runs = {name: [] for name in fns}
@@ -77,9 +80,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
             runs[name].append(_timed(fn))
     out = {}
     for name in fns:
-        result, best, cpu = min(runs[name], key=lambda r: r[1])
+        result, best, cpu, others = min(runs[name], key=lambda r: r[1])
         out[name] = (result, {"first_s": first[name][1], "best_s": best,
-                              "runs_s": [r[1] for r in runs[name]], "cpu_util": cpu / best})
+                              "runs_s": [r[1] for r in runs[name]], "cpu_util": cpu / best,
+                              "others_cpu": others,
+                              "runs_others_cpu": [r[3] for r in runs[name]]})
     return out
 
 
@@ -151,13 +156,15 @@ def reset_peak_rss() -> bool:
 
 
 def run_tracked(fn: Callable[[], Any]) -> tuple[Any, dict]:
-    """fn() with its wall time and the process RSS before, at peak during, and after."""
+    """fn() with its wall time, the process RSS before, at peak during, and after, and
+    the CPU share other processes took meanwhile."""
     reset_peak_rss()
-    before, start = current_rss(), time.perf_counter()
+    before, snap, start = current_rss(), cpu_snapshot(), time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - start
     return out, {"seconds": seconds, "rss_before": before, "peak_rss": peak_rss(),
-                 "rss_after": current_rss()}
+                 "rss_after": current_rss(),
+                 "others_cpu": contention(snap, cpu_snapshot())["other_processes_cpu_fraction"]}
 
 
 def run_child(module: str, args: list[str]) -> dict:

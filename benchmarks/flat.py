@@ -196,12 +196,13 @@ def fashion_table(fashion: dict) -> str:
     k = fashion["k"]
     rows = [[name, r["build"]["first_s"], r["build"]["best_s"], r["search"]["first_s"],
              r["search"]["best_s"], max(r["search"]["runs_s"]) / r["search"]["best_s"],
-             round(r["qps"]), r[f"recall@{k}"], r["qps_vs_faiss"], r["search"]["cpu_util"]]
+             round(r["qps"]), r[f"recall@{k}"], r["qps_vs_faiss"], r["search"]["cpu_util"],
+             r["search"]["others_cpu"]]
             for name, r in fashion["engines"].items()]
     return markdown_table(
         ["library", "build first s", "build best s", "search first call s",
          "search best s", "search max/best", "QPS", f"recall@{k}", "QPS / faiss",
-         "CPU util"], rows)
+         "CPU util", "others' CPU share"], rows)
 
 
 def memory_table(memory: dict) -> str:

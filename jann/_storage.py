@@ -77,10 +77,18 @@ def has_duplicates(ids, valid) -> jax.Array:
     return jnp.any((keys[1:] == keys[:-1]) & (keys[1:] != jnp.iinfo(ids.dtype).max))
 
 
-def lookup_ids(stored_ids, valid, wanted):
-    """Row position of each wanted id among the valid stored ids, and whether found."""
+def id_order(stored_ids, valid):
+    """Row positions sorted by id, dead rows last: a direct map for `lookup_ids`."""
+    return jnp.argsort(_sentinel_keys(stored_ids, valid)).astype(jnp.int32)
+
+
+def lookup_ids(stored_ids, valid, wanted, order=None):
+    """Row position of each wanted id among the valid stored ids, and whether found.
+
+    `order` (from `id_order`, kept up to date by the index) saves the sort."""
     keys = _sentinel_keys(stored_ids, valid)
-    order = jnp.argsort(keys)
+    if order is None:
+        order = jnp.argsort(keys)
     sorted_keys = keys[order]
     pos = jnp.clip(jnp.searchsorted(sorted_keys, wanted), 0, keys.shape[0] - 1)
     found = (sorted_keys[pos] == wanted) & (wanted != jnp.iinfo(keys.dtype).max)

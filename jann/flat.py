@@ -25,7 +25,7 @@ ID_MODES = ("sequential", "idmap", "idmap2")
 STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
 
-@pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status"),
+@pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status", "id_order"),
               meta=("metric", "metric_arg", "id_mode"))
 @dataclasses.dataclass(frozen=True)
 class FlatIndex:
@@ -36,6 +36,8 @@ class FlatIndex:
     ids:     (capacity,) ids of the rows.
     count:   () int32 number of live rows (the first `count`).
     status:  () int32 bits explaining a refused traced write (see `jann.check`).
+    id_order: (capacity,) rows sorted by id (IDMap modes: the direct map behind
+             `reconstruct`; unused with sequential ids, where the id is the row).
     """
 
     vectors: jax.Array
@@ -43,6 +45,7 @@ class FlatIndex:
     ids: jax.Array
     count: jax.Array
     status: jax.Array
+    id_order: jax.Array
     metric: str = "l2"
     metric_arg: float = 2.0
     id_mode: str = "sequential"
@@ -57,6 +60,7 @@ class FlatIndex:
             ids=_storage.empty_ids(capacity),
             count=jnp.zeros((), jnp.int32),
             status=jnp.zeros((), jnp.int32),
+            id_order=jnp.arange(capacity, dtype=jnp.int32),
             metric=metric, metric_arg=float(metric_arg), id_mode=id_mode)
 
     @property
@@ -82,11 +86,13 @@ class FlatIndex:
 
     def grown(self, capacity: int) -> "FlatIndex":
         """A copy with room for `capacity` rows (host side; changes the static shapes)."""
-        return dataclasses.replace(
+        resized = dataclasses.replace(
             self,
             vectors=_storage.pad_rows(self.vectors, capacity),
             sqnorms=_storage.pad_rows(self.sqnorms, capacity),
-            ids=_storage.pad_rows(self.ids, capacity, -1))
+            ids=_storage.pad_rows(self.ids, capacity, -1),
+            id_order=jnp.arange(capacity, dtype=jnp.int32))
+        return dataclasses.replace(resized, id_order=resized._order(resized.ids, self.count))
 
     def live(self) -> jax.Array:
         return _storage.live_mask(self.capacity, self.count)
@@ -114,10 +120,15 @@ class FlatIndex:
         vectors, sqnorms, stored_ids = _storage.append_rows(
             (self.vectors, self.sqnorms, self.ids), self.count,
             (stored, dist_ops.squared_norms(stored), ids), n_valid, accept)
+        count = jnp.where(accept, self.count + n_valid, self.count).astype(jnp.int32)
         return dataclasses.replace(
-            self, vectors=vectors, sqnorms=sqnorms, ids=stored_ids,
-            count=jnp.where(accept, self.count + n_valid, self.count).astype(jnp.int32),
-            status=self.status | status)
+            self, vectors=vectors, sqnorms=sqnorms, ids=stored_ids, count=count,
+            status=self.status | status, id_order=self._order(stored_ids, count))
+
+    def _order(self, ids, count):
+        if self.id_mode == "sequential":
+            return self.id_order
+        return _storage.id_order(ids, _storage.live_mask(self.capacity, count))
 
     def allowed(self, selector):
         live = self.live()
@@ -147,8 +158,8 @@ class FlatIndex:
             (self.vectors, self.sqnorms, self.ids), live & ~removed)
         if self.id_mode == "sequential":
             ids = jnp.arange(self.capacity, dtype=self.ids.dtype)
-        return dataclasses.replace(self, vectors=vectors, sqnorms=sqnorms, ids=ids,
-                                   count=count), jnp.sum(removed, dtype=jnp.int32)
+        return dataclasses.replace(self, vectors=vectors, sqnorms=sqnorms, ids=ids, count=count,
+                                   id_order=self._order(ids, count)), jnp.sum(removed, dtype=jnp.int32)
 
     def reconstruct_core(self, ids):
         """Stored vectors (float32) of the given ids, and which ids were found."""
@@ -156,7 +167,8 @@ class FlatIndex:
             rows = ids.astype(jnp.int32)
             found = (ids >= 0) & (ids < self.count)
         else:
-            rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype))
+            rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype),
+                                              self.id_order)
         out = self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))].astype(jnp.float32)
         return jnp.where(found[:, None], out, jnp.nan), found
 

@@ -72,8 +72,7 @@ class LSHTransform:
         raise InvalidInputError("LSH codes cannot be decoded back to vectors")
 
 
-@pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status"),
-                  meta=("metric", "metric_arg", "id_mode"))
+@pytree_dataclass(data=FlatIndex.DATA_FIELDS, meta=FlatIndex.META_FIELDS)
 @dataclasses.dataclass(frozen=True)
 class BinaryCodeStore(FlatIndex):
     """Packed binary codes with Flat's storage (ids, growth, removal), searched by Hamming

@@ -6,6 +6,13 @@ SIMILARITIES = {"ip", "cosine", "jaccard", "abs_ip"}
 
 
 def pairwise(x, y, metric, p=2.0):
+    if metric in ("l2", "ip") and len(x) * len(y) * np.shape(x)[1] > 10**7:
+        # Large inputs: the float64 norm expansion (the broadcast would need GBs).
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        dots = x @ y.T
+        if metric == "ip":
+            return dots
+        return np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2 * dots, 0)
     x = np.asarray(x, np.float64)[:, None, :]
     y = np.asarray(y, np.float64)[None, :, :]
     with np.errstate(all="ignore"):

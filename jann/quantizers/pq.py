@@ -191,9 +191,10 @@ class ProductQuantizer:
         256 points per centroid, random init). Deterministic for a given key."""
         x = training_vectors(x, self.d)
         check_training_size(x.shape[0], self.ksub, "ProductQuantizer")
-        keys = jax.random.split(key, self.M)
+        # One key for all sub-spaces, as FAISS uses one seed: each k-means then samples and
+        # seeds from the same training rows.
         centroids = [
-            kmeans(x[:, m * self.dsub:(m + 1) * self.dsub], self.ksub, key=keys[m],
+            kmeans(x[:, m * self.dsub:(m + 1) * self.dsub], self.ksub, key=key,
                    niter=niter, init=init, max_points_per_centroid=max_points_per_centroid,
                    min_points_per_centroid=0, verbose=verbose).centroids
             for m in range(self.M)]
@@ -205,10 +206,14 @@ class ProductQuantizer:
         self._require_trained("refine")
         x_sub = jnp.swapaxes(_subvectors(jnp.asarray(x), self.M), 0, 1)   # (M, n, dsub)
 
+        def lloyd(args):
+            return _lloyd_step(*args, False)[0]
+
         def step(i, centroids):
             keys = jax.random.split(jax.random.fold_in(key, i), self.M)
-            lloyd = jax.vmap(lambda xs, c, k: _lloyd_step(xs, c, k, False)[0])
-            return lloyd(x_sub, centroids, keys)
+            # lax.map, not vmap: batched, the step's empty-cluster `cond` would run its
+            # split branch on every iteration.
+            return jax.lax.map(lloyd, (x_sub, centroids, keys))
 
         return dataclasses.replace(self, centroids=jax.lax.fori_loop(0, niter, step,
                                                                      self.centroids))
