@@ -241,7 +241,7 @@ def _plot_qps(ax, fashion: dict):
     for bar, name in zip(bars, names):
         r = fashion["engines"][name]
         ax.annotate(f"{r['qps']:.0f} QPS\n{r['qps_vs_faiss']:.2f}x faiss\n"
-                    f"R@{fashion['k']}={r[f'recall@' + str(fashion['k'])]:.3f}",
+                    f"R@{fashion['k']}={r['recall@' + str(fashion['k'])]:.3f}",
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, max(qps) * 1.3)

@@ -67,6 +67,20 @@ def compact_rows(buffers, keep):
     return moved, jnp.sum(keep, dtype=jnp.int32)
 
 
+def append_status(index, n_valid, new_ids, valid_rows):
+    """Status bits of appending n_valid rows (ids, per-row finiteness) to an index with
+    `count`, `capacity`, `ids`, `id_mode`: 0 when the append may proceed."""
+    new_valid = jnp.arange(valid_rows.shape[0]) < n_valid
+    status = jnp.where(jnp.all(valid_rows | ~new_valid), 0, NONFINITE)
+    status |= jnp.where(index.count + n_valid > index.capacity, OVERFLOW, 0)
+    if index.id_mode == "idmap2":
+        dup = has_duplicates(
+            jnp.concatenate([index.ids, new_ids.astype(index.ids.dtype)]),
+            jnp.concatenate([live_mask(index.capacity, index.count), new_valid]))
+        status |= jnp.where(dup, DUPLICATE_ID, 0)
+    return status
+
+
 def _sentinel_keys(ids, valid):
     return jnp.where(valid, ids, jnp.iinfo(ids.dtype).max)
 

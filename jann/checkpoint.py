@@ -25,7 +25,6 @@ import shutil
 import struct
 import uuid
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

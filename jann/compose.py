@@ -18,7 +18,7 @@ import numpy as np
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
 from jann.ops import distances as dist_ops
-from jann.ops.topk import smallest_k
+from jann.ops.topk import smallest_k_padded
 
 __all__ = ["PreTransformIndex", "RefineIndex"]
 
@@ -196,12 +196,8 @@ class RefineIndex(_Delegating):
         scores, ok = self._rescore(xq.astype(jnp.float32), cand, k)
         similarity = dist_ops.is_similarity(self.base.metric)
         keyed = jnp.where(ok, -scores if similarity else scores, jnp.inf)
-        take = min(k, kk)
-        values, cols = smallest_k(keyed, take)
-        ids = jnp.where(jnp.isinf(values), -1, jnp.take_along_axis(cand, cols, 1))
-        if take < k:
-            values = jnp.pad(values, ((0, 0), (0, k - take)), constant_values=jnp.inf)
-            ids = jnp.pad(ids, ((0, 0), (0, k - take)), constant_values=-1)
+        values, cols = smallest_k_padded(keyed, k)
+        ids = jnp.where(cols < 0, -1, jnp.take_along_axis(cand, jnp.maximum(cols, 0), 1))
         return (-values if similarity else values), ids
 
     def range_core(self, xq, radius, capacity, selector=None, k_factor=1.0, **params):

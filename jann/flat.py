@@ -108,14 +108,7 @@ class FlatIndex:
         n = x.shape[0]
         if ids is None:
             ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
-        new_valid = jnp.arange(n) < n_valid
-        status = jnp.where(jnp.all(valid_rows | ~new_valid), 0, _storage.NONFINITE)
-        status |= jnp.where(self.count + n_valid > self.capacity, _storage.OVERFLOW, 0)
-        if self.id_mode == "idmap2":
-            dup = _storage.has_duplicates(
-                jnp.concatenate([self.ids, ids.astype(self.ids.dtype)]),
-                jnp.concatenate([self.live(), new_valid]))
-            status |= jnp.where(dup, _storage.DUPLICATE_ID, 0)
+        status = _storage.append_status(self, n_valid, ids, valid_rows)
         accept = status == 0
         vectors, sqnorms, stored_ids = _storage.append_rows(
             (self.vectors, self.sqnorms, self.ids), self.count,

@@ -42,7 +42,7 @@ from jann.flat import FlatIndex
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops.sorting import bucket_sort
-from jann.ops.topk import merge_smallest, smallest_k
+from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
 
 __all__ = ["IVFIndex"]
 
@@ -214,13 +214,7 @@ class IVFIndex:
             lists = self.assign(x)
         if ids is None:
             ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
-        new_valid = jnp.arange(n) < n_valid
-        status = jnp.where(jnp.all(valid_rows | ~new_valid), 0, _storage.NONFINITE)
-        status |= jnp.where(self.count + n_valid > self.capacity, _storage.OVERFLOW, 0)
-        if self.id_mode == "idmap2":
-            dup = _storage.has_duplicates(jnp.concatenate([self.ids, ids.astype(self.ids.dtype)]),
-                                          jnp.concatenate([self.live(), new_valid]))
-            status |= jnp.where(dup, _storage.DUPLICATE_ID, 0)
+        status = _storage.append_status(self, n_valid, ids, valid_rows)
         codes, norms = self._encode(jnp.where(valid_rows[:, None], x, 0.0), lists)
         new = self.insert_rows(lists, codes, norms, ids, n_valid, status == 0)
         return dataclasses.replace(new, status=self.status | status)
@@ -349,14 +343,9 @@ class IVFIndex:
         if self.capacity:
             init = jax.lax.fori_loop(0, plan["item_end"][-1], body, init)
         best_d, best_i = init
-        flat_d = best_d.reshape(nq, -1)
+        values, cols = smallest_k_padded(best_d.reshape(nq, -1), k)
         flat_i = best_i.reshape(nq, -1)
-        take_final = min(k, flat_d.shape[1])
-        values, cols = smallest_k(flat_d, take_final)
-        ids = jnp.where(jnp.isinf(values), -1, jnp.take_along_axis(flat_i, cols, 1))
-        if take_final < k:
-            values = jnp.pad(values, ((0, 0), (0, k - take_final)), constant_values=jnp.inf)
-            ids = jnp.pad(ids, ((0, 0), (0, k - take_final)), constant_values=-1)
+        ids = jnp.where(cols < 0, -1, jnp.take_along_axis(flat_i, jnp.maximum(cols, 0), 1))
         return (-values if similarity else values), ids
 
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None):

@@ -21,7 +21,8 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["check_k", "kmin", "kmax", "smallest_k", "merge_smallest", "merge_knn_results"]
+__all__ = ["check_k", "kmin", "kmax", "smallest_k", "smallest_k_padded", "merge_smallest",
+           "merge_knn_results"]
 
 # Block width of the two-stage selection; rows shorter than 4 blocks per wanted entry go
 # straight to top_k, where the first stage would not pay.
@@ -77,20 +78,25 @@ def check_k(k) -> int:
     return k
 
 
-@functools.partial(jax.jit, static_argnames=("k", "largest"))
-def _select(x, k, largest):
-    x = jnp.asarray(x, jnp.float32)
-    keyed = -x if largest else x
-    keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
-    n = x.shape[-1]
-    take = min(k, n)
+def smallest_k_padded(keyed: jax.Array, k: int):
+    """`smallest_k` for any k: columns past the row length, and +inf entries, come back
+    as (+inf, -1). Traceable; NaN must already be mapped to +inf."""
+    take = min(k, keyed.shape[-1])
     values, idx = smallest_k(keyed, take) if take > 0 else (
         keyed[..., :0], jnp.zeros(keyed.shape[:-1] + (0,), jnp.int32))
     idx = jnp.where(jnp.isinf(values) & (values > 0), -1, idx)
     if take < k:
-        pad = [(0, 0)] * (x.ndim - 1) + [(0, k - take)]
+        pad = [(0, 0)] * (keyed.ndim - 1) + [(0, k - take)]
         values = jnp.pad(values, pad, constant_values=jnp.inf)
         idx = jnp.pad(idx, pad, constant_values=-1)
+    return values, idx
+
+
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _select(x, k, largest):
+    x = jnp.asarray(x, jnp.float32)
+    keyed = -x if largest else x
+    values, idx = smallest_k_padded(jnp.where(jnp.isnan(keyed), jnp.inf, keyed), k)
     return (-values if largest else values), idx
 
 

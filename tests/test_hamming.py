@@ -34,15 +34,6 @@ def np_knn(a, b, k, valid=None):
     return d.astype(np.int32), ids.astype(np.int32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread():
-    """faiss's OpenMP threads spin against XLA's on 2 shared cores."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fm_codes(fmnist):
     """256-bit codes of real data: signs of a random projection of centred vectors."""

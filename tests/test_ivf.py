@@ -9,7 +9,6 @@ import pytest
 import jann
 from jann import datasets
 
-from conftest import assert_knn_equal
 
 K = 10
 NQ = 300

@@ -102,7 +102,7 @@ def test_encode_decode_and_adc_under_jit(trained, data):
     scan = jax.jit(lambda p, q, c: p.adc(p.distance_tables(q), c))
     np.testing.assert_allclose(np.asarray(scan(pq, data["queries"], codes)),
                                np.asarray(pq.adc(pq.distance_tables(data["queries"]), codes)),
-                               rtol=1e-6)
+                               rtol=1e-5)
 
 
 def test_pytree_leaves_are_the_centroids(trained):
@@ -154,10 +154,10 @@ def test_bad_input_errors(rng):
 
 # --- OPQ -------------------------------------------------------------------------------------
 def test_opq_reconstruction_error_within_5_percent_of_faiss(data):
-    """OPQ8 to 64 dimensions, then PQ8x8; 20 alternations each (FAISS's other defaults).
+    """OPQ8 to 64 dimensions, then PQ8x8; 10 alternations each (FAISS's other defaults).
     (A square 196-d OPQ converges too slowly from a random rotation for a 5% check at a
     test-sized number of iterations: both libraries spread +-3% over seeds there.)"""
-    d_out, m, niter = 64, 8, 20
+    d_out, m, niter = 64, 8, 10
     x_train, x_test = data["train"], data["test"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -179,11 +179,11 @@ def test_opq_reconstruction_error_within_5_percent_of_faiss(data):
 
 
 def test_opq_wider_output_is_invertible_and_jittable(data):
-    x = data["train"][:1000]
+    x = data["train"][:500]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opq = OPQMatrix.create(D, 14, 224).train(x, key=jax.random.key(0), niter=2,
-                                                 niter_pq_0=5, nbits=4)
+                                                 niter_pq=1, niter_pq_0=2, nbits=4)
     A = np.asarray(opq.matrix, np.float64)
     assert A.shape == (224, D) and (opq.d_in, opq.d_out) == (D, 224)
     np.testing.assert_allclose(A.T @ A, np.eye(D), atol=1e-5)         # orthonormal columns

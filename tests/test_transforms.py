@@ -23,15 +23,6 @@ def split(fmnist):
     return base[:5000], base[5000:7000]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread():
-    """faiss's OpenMP threads spin against XLA's on 2 shared cores (10x slower)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def svd(split):
     """float64 numpy PCA of the training set: mean, variances (descending), components

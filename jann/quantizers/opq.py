@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError, NotTrainedError
-from jann.quantizers.pq import ProductQuantizer, check_codec_shape, training_vectors
+from jann.quantizers.pq import (ProductQuantizer, check_codec_shape, input_vectors,
+                                training_vectors)
 
 __all__ = ["OPQMatrix"]
 
@@ -131,9 +132,9 @@ class OPQMatrix:
     def apply(self, x) -> jax.Array:
         """(n, d_in) -> (n, d_out) rotated vectors. Jittable."""
         self._require_trained("apply")
-        return _matmul(jnp.asarray(x, jnp.float32), self.matrix.T)
+        return _matmul(input_vectors(x, self.d_in).astype(jnp.float32), self.matrix.T)
 
     def reverse(self, y) -> jax.Array:
         """(n, d_out) -> (n, d_in): the transpose map (FAISS `reverse_transform`)."""
         self._require_trained("reverse")
-        return _matmul(jnp.asarray(y, jnp.float32), self.matrix)
+        return _matmul(input_vectors(y, self.d_out, "y").astype(jnp.float32), self.matrix)

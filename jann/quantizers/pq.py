@@ -83,7 +83,7 @@ def unpack_codes(packed: jax.Array, M: int, nbits: int) -> jax.Array:
     if nbits > 4:
         return packed
     nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
-    return nibbles.reshape(packed.shape[0], -1)[:, :M]
+    return nibbles.reshape(packed.shape[0], 2 * packed.shape[1])[:, :M]
 
 
 def adc_lookup(tables: jax.Array, codes: jax.Array) -> jax.Array:
@@ -119,6 +119,15 @@ def training_vectors(x, d: int) -> jax.Array:
     return jnp.asarray(x, jnp.float32)
 
 
+def input_vectors(x, d: int, name: str = "x") -> jax.Array:
+    """x as a (n, d) jax array; a wrong rank or dimension is an InvalidInputError (shapes
+    are static, so this also holds under jit)."""
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise InvalidInputError(f"{name} must have shape (n, {d}), got {tuple(x.shape)}")
+    return x
+
+
 def rows_per_block(per_row: int) -> int:
     """Rows a streamed encoder may process at once so per_row floats each fit the budget."""
     return max(1, _SCORE_BUDGET // max(1, per_row))
@@ -126,7 +135,7 @@ def rows_per_block(per_row: int) -> int:
 
 # --- sub-space arithmetic ----------------------------------------------------------------
 def _subvectors(x: jax.Array, M: int) -> jax.Array:
-    return x.astype(jnp.float32).reshape(x.shape[0], M, -1)
+    return x.astype(jnp.float32).reshape(x.shape[0], M, x.shape[1] // M)
 
 
 def _subspace_dots(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
@@ -169,10 +178,12 @@ class ProductQuantizer:
 
     @property
     def dsub(self) -> int:
+        """Dimensions per sub-vector (d / M)."""
         return self.d // self.M
 
     @property
     def ksub(self) -> int:
+        """Centroids per sub-quantizer (2**nbits)."""
         return 1 << self.nbits
 
     @property
@@ -202,9 +213,10 @@ class ProductQuantizer:
 
     def refine(self, x, *, key, niter: int) -> "ProductQuantizer":
         """`niter` Lloyd iterations per sub-space starting from the current centroids
-        (FAISS's `Train_hot_start`, as OPQ uses between rotations). Jittable."""
+        (FAISS's `Train_hot_start`, as OPQ uses between rotations). Jittable. Uses the
+        k-means step of `jann.kmeans` directly: `kmeans` itself always starts afresh."""
         self._require_trained("refine")
-        x_sub = jnp.swapaxes(_subvectors(jnp.asarray(x), self.M), 0, 1)   # (M, n, dsub)
+        x_sub = jnp.swapaxes(_subvectors(input_vectors(x, self.d), self.M), 0, 1)  # (M,n,dsub)
 
         def lloyd(args):
             return _lloyd_step(*args, False)[0]
@@ -222,7 +234,7 @@ class ProductQuantizer:
     def encode_indices(self, x) -> jax.Array:
         """(n, d) -> (n, M) int32 sub-codes (nearest centroid per sub-space), streamed."""
         self._require_trained("encode")
-        x = jnp.asarray(x)
+        x = input_vectors(x, self.d)
         block = rows_per_block(self.M * self.ksub)
         return map_query_blocks(
             lambda rows: nearest_subcodes(_subvectors(rows, self.M), self.centroids), x, block)
@@ -250,7 +262,7 @@ class ProductQuantizer:
         if metric not in ("l2", "ip"):
             raise InvalidInputError(f"ProductQuantizer tables support 'l2' and 'ip', got "
                                     f"{metric!r}")
-        q_sub = _subvectors(jnp.asarray(xq), self.M)
+        q_sub = _subvectors(input_vectors(xq, self.d, "xq"), self.M)
         dots = _subspace_dots(q_sub, self.centroids)
         if metric == "ip":
             return dots

@@ -35,8 +35,8 @@ from jann.errors import InvalidInputError, NotTrainedError
 from jann.kmeans import kmeans
 from jann.ops.knn import map_query_blocks
 from jann.quantizers.pq import (adc_lookup, check_codec_shape, check_training_size,
-                                code_size_for, pack_codes, rows_per_block, training_vectors,
-                                unpack_codes)
+                                code_size_for, input_vectors, pack_codes, rows_per_block,
+                                training_vectors, unpack_codes)
 
 __all__ = ["ProductResidualQuantizer", "ResidualQuantizer", "beam_search_encode",
            "decode_indices"]
@@ -139,10 +139,12 @@ class _AdditiveCodec:
 
     @property
     def ksub(self) -> int:
+        """Codewords per codebook (2**nbits)."""
         return 1 << self.nbits
 
     @property
     def dsub(self) -> int:
+        """Dimensions per split (d / nsplits)."""
         return self.d // self.nsplits
 
     @property
@@ -154,9 +156,9 @@ class _AdditiveCodec:
         if not self.is_trained:
             raise NotTrainedError(f"{type(self).__name__}.{what} before train")
 
-    def _splits(self, x) -> jax.Array:
+    def _splits(self, x, name: str = "x") -> jax.Array:
         """(n, d) -> (nsplits, n, dsub)."""
-        x = jnp.asarray(x, jnp.float32)
+        x = input_vectors(x, self.d, name).astype(jnp.float32)
         return jnp.swapaxes(x.reshape(x.shape[0], self.nsplits, self.dsub), 0, 1)
 
     def train(self, x, *, key, niter: int = 25, max_points_per_centroid: int = 256,
@@ -187,7 +189,8 @@ class _AdditiveCodec:
     def decode_indices(self, indices) -> jax.Array:
         """(n, M) indices -> (n, d) float32 reconstructions."""
         self._require_trained("decode")
-        indices = jnp.asarray(indices).reshape(-1, self.nsplits, self.Msub)
+        indices = jnp.asarray(indices)
+        indices = indices.reshape(indices.shape[0], self.nsplits, self.Msub)
         parts = jax.vmap(decode_indices, in_axes=(1, 0))(indices, self.split_codebooks)
         return jnp.swapaxes(parts, 0, 1).reshape(indices.shape[0], self.d)
 
@@ -209,7 +212,7 @@ class _AdditiveCodec:
             raise InvalidInputError(
                 f"{type(self).__name__}.distance_tables supports metric='ip' only (got "
                 f"{metric!r}); l2 is ||q||^2 - 2 adc(ip tables) + norm(codes)")
-        tables = jnp.einsum("snd,smkd->nsmk", self._splits(xq), self.split_codebooks,
+        tables = jnp.einsum("snd,smkd->nsmk", self._splits(xq, "xq"), self.split_codebooks,
                             precision=_HIGHEST)
         return tables.reshape(tables.shape[0], self.M, self.ksub)
 
@@ -250,17 +253,21 @@ class ResidualQuantizer(_AdditiveCodec):
 
     @property
     def nsplits(self) -> int:
+        """One split: the whole space."""
         return 1
 
     @property
     def Msub(self) -> int:
+        """Codebooks per split (all M)."""
         return self.M
 
     @property
     def split_codebooks(self) -> jax.Array:
+        """Codebooks as (1, M, ksub, d), the shared implementation's view."""
         return self.codebooks[None]
 
     def with_split_codebooks(self, split_codebooks) -> "ResidualQuantizer":
+        """A trained copy holding (1, M, ksub, d) codebooks."""
         return dataclasses.replace(self, codebooks=split_codebooks[0], is_trained=True)
 
 
@@ -301,7 +308,9 @@ class ProductResidualQuantizer(_AdditiveCodec):
 
     @property
     def split_codebooks(self) -> jax.Array:
+        """Codebooks as stored: (nsplits, Msub, ksub, dsub)."""
         return self.codebooks
 
     def with_split_codebooks(self, split_codebooks) -> "ProductResidualQuantizer":
+        """A trained copy holding the given (nsplits, Msub, ksub, dsub) codebooks."""
         return dataclasses.replace(self, codebooks=split_codebooks, is_trained=True)
