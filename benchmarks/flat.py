@@ -20,8 +20,9 @@ What is measured and how
    a warm-up search (one batch of jann's largest query bucket: it compiles the executable
    the timed run reuses; faiss has nothing to compile), then ONE timed search of all
    queries (10k x 1M is too slow on 2 cores to repeat). An (nq, N) float32 distance matrix
-   would need 40 GB; jann streams the base in tiles, so its search peak must stay near
-   the database size. Also reported: top-k agreement between the two libraries.
+   would need 40 GB; jann streams the base in tiles, so the search must add only tens of
+   MB over the RSS before it ("search extra"). Also reported: top-k agreement between
+   the two libraries, and the others' CPU share of each phase (in the JSON).
 3. Threads: both libraries are limited to --threads CPUs (see `_common.limit_threads`;
    XLA has no thread-count flag, so CPU affinity does it). cpu_util (CPU s / wall s)
    shows the cores each one kept busy.

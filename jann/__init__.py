@@ -9,13 +9,19 @@ are pure functions that work inside your own `jax.jit` code.
     D, I = jann.search(index, xq, k=10)
 """
 
-from jann import ops
+from jann import ops, quantizers, transforms
 from jann.api import (
     RangeResult, add, add_preassigned, check, merge_from, ntotal, range_search,
     range_search_padded, reconstruct, reconstruct_n, remove_ids, reserve, search,
     search_preassigned, shrink_to_fit, stack, train)
 from jann.compose import PreTransformIndex, RefineIndex
 from jann.ivf import IVFIndex
+from jann.lsh import BinaryCodeStore, LSHTransform
+from jann.ops.hamming import hamming_distances, knn_hamming, pack_bits, unpack_bits
+from jann.quantizers import (
+    IdentityCodec, OPQMatrix, ProductQuantizer, ProductResidualQuantizer, ResidualQuantizer,
+    ScalarQuantizer)
+from jann.transforms import Chain, ITQMatrix, ITQTransform, PCAMatrix, RandomRotationMatrix
 from jann.kmeans import Kmeans, kmeans
 from jann.checkpoint import deserialize, load, save, serialize
 from jann.errors import (
@@ -43,5 +49,9 @@ __all__ = [
     "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
     "reconstruct_n", "remove_ids", "reserve", "save", "search", "serialize", "stack",
     "train", "add_preassigned", "search_preassigned", "merge_from", "shrink_to_fit",
-    "IVFIndex", "PreTransformIndex", "RefineIndex", "Kmeans", "kmeans",
+    "IVFIndex", "PreTransformIndex", "RefineIndex", "Kmeans", "kmeans", "quantizers",
+    "transforms", "BinaryCodeStore", "LSHTransform", "hamming_distances", "knn_hamming",
+    "pack_bits", "unpack_bits", "IdentityCodec", "OPQMatrix", "ProductQuantizer",
+    "ProductResidualQuantizer", "ResidualQuantizer", "ScalarQuantizer", "Chain", "ITQMatrix",
+    "ITQTransform", "PCAMatrix", "RandomRotationMatrix",
 ]

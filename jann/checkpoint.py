@@ -40,7 +40,6 @@ _LATEST = "LATEST"
 
 
 def _is_registered(obj) -> bool:
-    import jann  # noqa: F401  (importing the package registers every index and codec)
     return PYTREE_TYPES.get(type(obj).__name__) is type(obj)
 
 

@@ -28,7 +28,7 @@ from jann.errors import InvalidInputError
 from jann.ops.distances import normalize_L2
 from jann.ops.knn import knn_scan
 
-__all__ = ["KMeansResult", "Kmeans", "assign", "kmeans"]
+__all__ = ["KMeansResult", "Kmeans", "assign", "kmeans", "lloyd_step"]
 
 _SPLIT_EPS = 1.0 / 1024.0
 
@@ -80,7 +80,10 @@ def _split_empty_clusters(centroids, counts, key):
 
 
 @functools.partial(jax.jit, static_argnames=("spherical",))
-def _lloyd_step(x, centroids, key, spherical):
+def lloyd_step(x, centroids, key, spherical):
+    """One Lloyd iteration from given centroids: (new centroids, objective, #empty split).
+
+    Public so that codecs can refine existing centroids (PQ inside OPQ training)."""
     dist, labels = _assign(x, centroids, spherical)
     k = centroids.shape[0]
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
@@ -157,7 +160,7 @@ def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool =
         start = time.perf_counter()
         for it in range(niter):
             key_iter, sub = jax.random.split(key_iter)
-            centroids, obj, n_empty = _lloyd_step(x, centroids, sub, spherical)
+            centroids, obj, n_empty = lloyd_step(x, centroids, sub, spherical)
             history.append(float(obj))
             if verbose:
                 print(f"  k-means redo {redo} iter {it + 1}/{niter}: objective {history[-1]:.6g}"

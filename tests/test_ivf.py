@@ -27,11 +27,24 @@ def recall(I, gt):
     return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(I, gt)]))
 
 
-def _faiss_recall(description, xb, xq, gt, metric, params):
+# faiss's Index2Layer cannot search; IVF with every list probed is the same computation.
+FAISS_EQUIVALENT = {"Residual64,PQ14": ("IVF64,PQ14", {"nprobe": 64})}
+# Training sets are kept small (and the same for both libraries) so the suite stays fast.
+N_TRAIN = 5000
+
+
+def _faiss_recall(description, xt, xb, xq, gt, metric, params):
+    description, extra = FAISS_EQUIVALENT.get(description, (description, {}))
+    params = {**params, **extra}
     ref = faiss.index_factory(xb.shape[1], description,
                               faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
-    ref.train(xb)
-    ref.add(xb)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)  # alone at this point; its PQ training is slow on one
+    try:
+        ref.train(xt)
+        ref.add(xb)
+    finally:
+        faiss.omp_set_num_threads(threads)
     space = faiss.ParameterSpace()
     for name, value in params.items():
         space.set_index_parameter(ref, name, value)
@@ -50,7 +63,7 @@ PARITY = [
     ("OPQ14_112,IVF64,PQ14", {"nprobe": 8}),
     ("PCA64,IVF64,Flat", {"nprobe": 4}),
     ("IVF32,RQ4x8", {"nprobe": 8}),
-    ("PQ28", {}),
+    ("PQ14", {}),
     ("SQ8", {}),
     ("RQ4x8", {}),
     ("Residual64,PQ14", {}),
@@ -60,15 +73,17 @@ PARITY = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:.*training (points|vectors)")
 @pytest.mark.parametrize("description,params", PARITY, ids=[p[0] for p in PARITY])
 def test_recall_within_002_of_faiss(description, params, data):
     xb, xq, gt = data
+    xt = xb[:N_TRAIN]
     index = jann.index_factory(xb.shape[1], description)
-    index = jann.add(jann.train(index, xb, key=jax.random.key(0)), xb)
+    index = jann.add(jann.train(index, xt, key=jax.random.key(0)), xb)
     _, I = jann.search(index, xq, K, **params)
     ours = recall(I, gt)
     faiss_params = {("k_factor_rf" if k == "k_factor" else k): v for k, v in params.items()}
-    theirs = _faiss_recall(description, xb, xq, gt, "l2", faiss_params)
+    theirs = _faiss_recall(description, xt, xb, xq, gt, "l2", faiss_params)
     assert ours >= theirs - 0.02, f"{description}: jann {ours:.3f} vs faiss {theirs:.3f}"
 
 

@@ -10,6 +10,11 @@ fix the PQ reconstructions and solve for the rotation that best maps the data on
 (`niter_pq_0` k-means iterations); later ones start from the previous centroids and run
 `niter_pq` iterations, so all but the first round compile into one jitted loop.
 
+Convergence from the random start is slow: on Fashion-MNIST pixels (196-d, M=14, 5000
+training vectors) PQ alone reconstructs held-out vectors with squared error 67k, OPQ+PQ
+after 20 rounds with 85-89k and after 50 with 76-79k (FAISS and jann alike, +-3% over
+seeds), so OPQ pays off only on data whose coordinates are badly balanced for PQ.
+
 The trained transform is linear without bias: apply(x) = x A^T, reverse(y) = y A, with A
 (d_out, d_in) having orthonormal rows (columns when d_out > d_in), so `reverse` is the
 exact inverse on the range of `apply`.

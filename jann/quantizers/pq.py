@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jann._inputs import as_vectors, check_finite
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError, NotTrainedError
-from jann.kmeans import _lloyd_step, kmeans
+from jann.kmeans import lloyd_step, kmeans
 from jann.ops.knn import map_query_blocks
 
 __all__ = ["ProductQuantizer", "adc_lookup", "check_codec_shape", "check_training_size",
@@ -219,7 +219,7 @@ class ProductQuantizer:
         x_sub = jnp.swapaxes(_subvectors(input_vectors(x, self.d), self.M), 0, 1)  # (M,n,dsub)
 
         def lloyd(args):
-            return _lloyd_step(*args, False)[0]
+            return lloyd_step(*args, False)[0]
 
         def step(i, centroids):
             keys = jax.random.split(jax.random.fold_in(key, i), self.M)
