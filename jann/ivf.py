@@ -305,8 +305,6 @@ class IVFIndex:
         if selector is not None:
             row_ok &= selector(ids)
         decoded = self.codec.decode(codes)
-        # One row, not `self.centroids[...]`: slicing all centroids inside the loop body
-        # would copy them on every item.
         centroid = self.quantizer.vectors[jnp.minimum(lst, self.nlist - 1)].astype(jnp.float32)
         if self.metric == "l2":
             qr = qv - centroid if self.by_residual else qv

@@ -175,7 +175,7 @@ def pairwise_distances_reference(x, y, metric: str = "l2", p: float = 2.0) -> ja
     return _elementwise(metric, p)(x[:, None, :], y[None, :, :])
 
 
-def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
+def dot(x: jax.Array, y: jax.Array) -> jax.Array:
     # Storage may be fp16/bf16: upcast so products accumulate in float32, and ask for full
     # float32 precision so accelerators do not silently drop to TF32.
     return jax.lax.dot_general(
@@ -196,7 +196,7 @@ def pairwise_scores(x: jax.Array, y: jax.Array, metric: str, p: float = 2.0, *,
     (indexes normalise at add time). `y_sqnorms` lets an index pass cached norms for l2.
     """
     if metric in _MATMUL_METRICS:
-        dots = _dot(x, y)
+        dots = dot(x, y)
         if metric == "l2":
             yn = squared_norms(y) if y_sqnorms is None else y_sqnorms
             return jnp.maximum(squared_norms(x)[:, None] + yn[None, :] - 2.0 * dots, 0.0)
