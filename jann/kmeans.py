@@ -28,9 +28,20 @@ from jann.errors import InvalidInputError
 from jann.ops.distances import normalize_L2
 from jann.ops.knn import knn_scan
 
-__all__ = ["KMeansResult", "Kmeans", "assign", "kmeans", "lloyd_step"]
+__all__ = ["KMeansResult", "Kmeans", "assign", "check_training_points", "kmeans", "lloyd_step"]
 
 _SPLIT_EPS = 1.0 / 1024.0
+
+
+def check_training_points(n: int, k: int, what: str, min_points_per_centroid: int = 39,
+                          stacklevel: int = 3) -> None:
+    """Refuse fewer than k points; warn below FAISS's `min_points_per_centroid` * k."""
+    if n < k:
+        raise InvalidInputError(f"{what} needs at least {k} training points (one per "
+                                f"centroid), got {n}")
+    if n < k * min_points_per_centroid:
+        warnings.warn(f"{what}: {n} training points for {k} centroids; FAISS advises at "
+                      f"least {k * min_points_per_centroid}", stacklevel=stacklevel)
 
 
 class KMeansResult(NamedTuple):
@@ -136,12 +147,7 @@ def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool =
     x = as_vectors(x, None, "training vectors")
     check_finite(x, "training vectors")
     n = x.shape[0]
-    if n < k:
-        raise InvalidInputError(
-            f"k-means needs at least k={k} training points, got {n}")
-    if n < k * min_points_per_centroid:
-        warnings.warn(f"k-means: {n} training points for {k} centroids; FAISS advises at "
-                      f"least {k * min_points_per_centroid}", stacklevel=2)
+    check_training_points(n, k, "k-means", min_points_per_centroid)
     key_sample, key = jax.random.split(key)
     x = jnp.asarray(x, jnp.float32)
     if n > k * max_points_per_centroid:

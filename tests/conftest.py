@@ -60,3 +60,19 @@ def assert_knn_equal(D, I, ref_d, ref_i, rtol=1e-4, atol=1e-4):
 
 def flat(d, description="Flat", metric="l2", **kw):
     return jann.index_factory(d, description, metric=metric, **kw)
+
+
+# Codec tests: jann's held-out reconstruction error may exceed faiss's by at most 5%.
+MSE_TOLERANCE = 1.05
+
+
+def mse(x, y) -> float:
+    """Mean squared reconstruction error per vector, in float64."""
+    return float(((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2).sum(1).mean())
+
+
+@pytest.fixture(scope="module")
+def data(fmnist):
+    """Codec train / held-out test / query split of the embedded real data."""
+    return {"train": fmnist["base"][:5000], "test": fmnist["base"][10000:12000],
+            "queries": fmnist["queries"][:50]}

@@ -14,18 +14,9 @@ from jann.errors import InvalidInputError, NotTrainedError
 from jann.quantizers.opq import OPQMatrix
 from jann.quantizers.pq import ProductQuantizer, pack_codes, unpack_codes
 
+from conftest import MSE_TOLERANCE, mse
+
 D, M = 196, 14
-MSE_TOLERANCE = 1.05        # jann's held-out error may exceed faiss's by at most 5%
-
-
-def mse(x, y):
-    return float(((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2).sum(1).mean())
-
-
-@pytest.fixture(scope="module")
-def data(fmnist):
-    return {"train": fmnist["base"][:5000], "test": fmnist["base"][10000:12000],
-            "queries": fmnist["queries"][:50]}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ The same packing and the same look-up sum serve every codec whose code is M smal
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 from jann._inputs import as_vectors, check_finite
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError, NotTrainedError
-from jann.kmeans import lloyd_step, kmeans
+from jann.kmeans import check_training_points, kmeans, lloyd_step
 from jann.ops.knn import map_query_blocks
 
 __all__ = ["ProductQuantizer", "adc_lookup", "check_codec_shape", "check_training_size",
@@ -104,12 +103,7 @@ def adc_lookup(tables: jax.Array, codes: jax.Array) -> jax.Array:
 
 def check_training_size(n: int, ksub: int, what: str) -> None:
     """Refuse fewer than ksub points; warn below FAISS's 39 points per centroid."""
-    if n < ksub:
-        raise InvalidInputError(
-            f"{what}: training needs at least {ksub} vectors (2**nbits centroids), got {n}")
-    if n < MIN_POINTS_PER_CENTROID * ksub:
-        warnings.warn(f"{what}: {n} training vectors for {ksub} centroids per codebook; "
-                      f"FAISS advises at least {MIN_POINTS_PER_CENTROID * ksub}", stacklevel=3)
+    check_training_points(n, ksub, what, MIN_POINTS_PER_CENTROID, stacklevel=4)
 
 
 def training_vectors(x, d: int) -> jax.Array:
