@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InvalidDtypeError, InvalidInputError
-from .knn import map_query_blocks, tiled
-from .topk import check_k, merge_smallest, smallest_k
+from .knn import map_query_blocks, running_top_k, tiled
+from .topk import check_k
 
 __all__ = ["pack_bits", "unpack_bits", "hamming_distances", "knn_hamming",
            "knn_hamming_reference", "MISSING_DISTANCE"]
@@ -129,23 +129,15 @@ def knn_hamming_scan(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | N
     tile = tile or min(HAMMING_TILE, max(n, 1))
     query_block = query_block or HAMMING_QUERY_BLOCK
     tiles, _, valid_tiles = tiled(b_words, None, xb_valid, tile)
-    take = min(k, tile)
+    def keyed_tile(q, b_tile, valid_tile):
+        # float32 holds every distance up to 2**24 bits exactly.
+        keyed = _popcount_distances(q, b_tile).astype(jnp.float32)
+        if valid_tile is not None:
+            keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
+        return keyed
 
     def search_block(q):
-        def step(carry, inputs):
-            start, b_tile, valid_tile = inputs
-            # float32 holds every distance up to 2**24 bits exactly.
-            keyed = _popcount_distances(q, b_tile).astype(jnp.float32)
-            if valid_tile is not None:
-                keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
-            values, cols = smallest_k(keyed, take)
-            return merge_smallest(*carry, values, cols + start, k), None
-
-        init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
-                jnp.full((q.shape[0], k), -1, jnp.int32))
-        starts = jnp.arange(tiles.shape[0], dtype=jnp.int32) * tile
-        (values, rows), _ = jax.lax.scan(step, init, (starts, tiles, valid_tiles))
-        return values, rows
+        return running_top_k(q, (tiles, valid_tiles), tile, k, keyed_tile)
 
     values, rows = map_query_blocks(search_block, q_words, query_block)
     missing = jnp.isinf(values)

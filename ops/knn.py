@@ -22,7 +22,7 @@ from .distances import (
 from .errors import InvalidInputError
 from .topk import check_k, merge_smallest, smallest_k
 
-__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles"]
+__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k"]
 
 # Matmul metrics: (512, 4096) score blocks (8 MiB) measured fastest on Fashion-MNIST
 # among tiles 2048-16384 x query blocks 512-2048 (2 cores; within ~8% of each other).
@@ -75,6 +75,26 @@ def map_query_blocks(fn, xq, query_block):
     return jax.tree.map(lambda a: a.reshape(n_blocks * query_block, *a.shape[2:])[:nq], out)
 
 
+def running_top_k(q, tile_stacks, tile: int, k: int, keyed_tile):
+    """Scan database tiles keeping each query's k smallest keys: the streaming loop shared
+    by every exact search. `keyed_tile(q, *one_tile)` gives the (nq, tile) keys of one
+    tile (+inf for rows that may not be returned). Returns (keys, rows) (nq, k), ascending,
+    +inf / -1 past the rows that exist."""
+    take = min(k, tile)
+    n_tiles = next(t for t in tile_stacks if t is not None).shape[0]
+
+    def step(carry, inputs):
+        start, *one_tile = inputs
+        values, cols = smallest_k(keyed_tile(q, *one_tile), take)
+        return merge_smallest(*carry, values, cols + start, k), None
+
+    init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
+            jnp.full((q.shape[0], k), -1, jnp.int32))
+    starts = jnp.arange(n_tiles, dtype=jnp.int32) * tile
+    (values, rows), _ = jax.lax.scan(step, init, (starts, *tile_stacks))
+    return values, rows
+
+
 def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
              xb_valid=None, tile: int | None = None, query_block: int | None = None):
     """k best rows of xb for each row of xq; traceable, no validation.
@@ -91,27 +111,19 @@ def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
     tile = tile or auto_tile
     query_block = query_block or auto_block
     tiles, norm_tiles, valid_tiles = tiled(xb, xb_sqnorms, xb_valid, tile)
-    take = min(k, tile)
+
+    def keyed_tile(q, x_tile, norm_tile, valid_tile):
+        if metric in _RANK_BY_DOT:
+            return _dot_keyed(q, x_tile, norm_tile, valid_tile, metric)
+        scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
+        keyed = -scores if similarity else scores
+        keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
+        if valid_tile is not None:
+            keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
+        return keyed
 
     def search_block(q):
-        def step(carry, inputs):
-            start, x_tile, norm_tile, valid_tile = inputs
-            if metric in _RANK_BY_DOT:
-                keyed = _dot_keyed(q, x_tile, norm_tile, valid_tile, metric)
-            else:
-                scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
-                keyed = -scores if similarity else scores
-                keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
-                if valid_tile is not None:
-                    keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
-            values, cols = smallest_k(keyed, take)
-            return merge_smallest(*carry, values, cols + start, k), None
-
-        init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
-                jnp.full((q.shape[0], k), -1, jnp.int32))
-        starts = jnp.arange(tiles.shape[0], dtype=jnp.int32) * tile
-        (values, rows), _ = jax.lax.scan(step, init, (starts, tiles, norm_tiles, valid_tiles))
-        return values, rows
+        return running_top_k(q, (tiles, norm_tiles, valid_tiles), tile, k, keyed_tile)
 
     values, rows = map_query_blocks(search_block, xq, query_block)
     rows = jnp.where(jnp.isinf(values) & (values > 0), -1, rows)
