@@ -7,12 +7,14 @@ level; version look-ups import lazily, after the limits are in place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -95,9 +97,10 @@ def time_best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, dict]:
 
 def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
     """Mean |found[:k] & gt[:k]| / k over queries (ids order-free, as ann-benchmarks)."""
-    found, gt = np.asarray(found)[:, :k], np.asarray(gt)[:, :k]
-    hits = (found[:, :, None] == gt[:, None, :]).any(axis=2)
-    return float(hits.sum() / gt.size)
+    # One definition for the benchmarks and jann.autotune; imported late so that
+    # limit_threads still runs before jax starts.
+    from jann.autotune import recall_at_k as recall
+    return recall(found, gt, k)
 
 
 def cpu_snapshot() -> dict:
@@ -175,6 +178,67 @@ def run_child(module: str, args: list[str]) -> dict:
         raise RuntimeError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """A status line on stderr for long builds and sweeps, with no dependency.
+
+    On a terminal the line is rewritten in place and a running task shows its elapsed
+    time (a build is one opaque call, so elapsed time is all there is to show); in a log
+    (CI, a pipe) each update is one plain line, so the log stays readable.
+    """
+
+    def __init__(self, stream=None, interval: float = 0.5):
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._width = 0
+
+    def _write(self, text: str, final: bool):
+        with self._lock:
+            if self.tty:
+                pad = max(self._width - len(text), 0)
+                self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
+                self._width = 0 if final else len(text)
+            elif final:
+                self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def line(self, text: str):
+        """One finished line (kept on screen)."""
+        self._write(text, final=True)
+
+    def update(self, text: str):
+        """A transient line: replaced by the next on a terminal, printed in a log."""
+        self._write(text, final=not self.tty)
+
+    @contextlib.contextmanager
+    def task(self, label: str):
+        """`with progress.task("build X"):` shows 'build X ... 12 s', then the total."""
+        stop = threading.Event()
+        start = time.perf_counter()
+
+        def tick():
+            while not stop.wait(self.interval):
+                self._write(f"{label} ... {time.perf_counter() - start:.0f} s", final=False)
+
+        ticker = threading.Thread(target=tick, daemon=True) if self.tty else None
+        if ticker is None:
+            self.line(f"{label} ...")
+        else:
+            ticker.start()
+        try:
+            yield
+        except BaseException:
+            stop.set()
+            self.line(f"{label} failed after {time.perf_counter() - start:.1f} s")
+            raise
+        stop.set()
+        if ticker is not None:
+            ticker.join()
+        self.line(f"{label} done in {time.perf_counter() - start:.1f} s")
 
 
 # ---------------------------------------------------------------------------- reports

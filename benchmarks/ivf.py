@@ -17,6 +17,11 @@ What is measured and how
   offsets; the coarse centroids and codebooks apart) against n * (code_size + 8) bytes,
   the codes + int64 ids FAISS's inverted lists hold.
 - k-means alone: jann.kmeans vs faiss.Kmeans (k=1024, 10 iterations): time, objective.
+- k-means memory (shape test, random N(0,1) data): 1M x 128 float32, k=1024, 3 iterations,
+  every point used (no subsampling), each library in its own subprocess
+  (`--kmeans-memory-child`): peak RSS of training over the RSS with the data loaded. The
+  data are 512 MB; an (n, k) distance matrix would be 4 GB, which jann's tiled assignment
+  never allocates.
 Threads: both libraries limited to --threads CPUs (CPU affinity; see _common).
 Writes <out>/ivf.json, ivf.md (also printed) and ivf.png (recall-QPS curves).
 """
@@ -24,6 +29,7 @@ Writes <out>/ivf.json, ivf.md (also printed) and ivf.png (recall-QPS curves).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -44,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--queries", type=int, default=None, help="use the first N queries")
     p.add_argument("--out", default=str(_common.REPO_ROOT / "benchmarks" / "results"))
+    p.add_argument("--skip-kmeans-memory", action="store_true")
+    p.add_argument("--render", metavar="JSON", help="rewrite ivf.md / ivf.png from a run's JSON")
+    p.add_argument("--kmeans-memory-child", choices=("jann", "faiss"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -138,6 +147,31 @@ def best_at(rows, lib, target):
     return max(ok) if ok else None
 
 
+def qps_at_recall(rows, lib, recall):
+    """lib's QPS at exactly this recall, interpolated (log QPS, linear in recall) between
+    its two sweep settings around it; None outside its curve."""
+    import math
+    pts = sorted((r[lib]["recall"], r[lib]["qps"]) for r in rows)
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 <= recall <= r1:
+            t = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)
+            return math.exp((1 - t) * math.log(q0) + t * math.log(q1))
+    return None
+
+
+def equal_recall_ratio(rows, target):
+    """jann's fastest setting reaching the target, against faiss at that same recall:
+    the threshold alone favours whichever library lands just above the target."""
+    best = max((r for r in rows if r["jann"]["recall"] >= target),
+               key=lambda r: r["jann"]["qps"], default=None)
+    if best is None:
+        return None
+    theirs = qps_at_recall(rows, "faiss", best["jann"]["recall"])
+    return None if theirs is None else {
+        "recall": best["jann"]["recall"], "jann_qps": best["jann"]["qps"],
+        "faiss_qps_interpolated": theirs, "ratio": best["jann"]["qps"] / theirs}
+
+
 def kmeans_compare(xb, k=1024, niter=10):
     import faiss
     import jax
@@ -153,6 +187,39 @@ def kmeans_compare(xb, k=1024, niter=10):
             "jann_objective": ours.objective[-1], "faiss_objective": float(km.obj[-1]),
             "objective_ratio": ours.objective[-1] / float(km.obj[-1]),
             "time_ratio": t_ours / t_faiss}
+
+
+KMEANS_MEMORY = {"n": 1_000_000, "d": 128, "k": 1024, "niter": 3}
+
+
+def kmeans_memory_child(lib: str) -> dict:
+    """Train k-means on random data in this fresh process; RSS before and at peak."""
+    import numpy as np
+    n, d, k, niter = (KMEANS_MEMORY[f] for f in ("n", "d", "k", "niter"))
+    x = np.random.default_rng(0).standard_normal((n, d), np.float32)
+    if lib == "jann":
+        import jax
+        import jann
+
+        def train():
+            return jann.kmeans(x, k, key=jax.random.key(0), niter=niter,
+                               max_points_per_centroid=n).centroids.block_until_ready()
+    else:
+        import faiss
+
+        def train():
+            km = faiss.Kmeans(d, k, niter=niter, seed=1, max_points_per_centroid=n)
+            km.train(x)
+            return km.centroids
+    _, phase = _common.run_tracked(train)
+    return {"lib": lib, **KMEANS_MEMORY, "data_bytes": x.nbytes, **phase,
+            "train_extra_peak": phase["peak_rss"] - phase["rss_before"]}
+
+
+def kmeans_memory(threads: int) -> dict:
+    return {lib: _common.run_child("benchmarks.ivf", ["--kmeans-memory-child", lib,
+                                                       "--threads", str(threads)])
+            for lib in ("jann", "faiss")}
 
 
 def plot(results, path: Path, target: float):
@@ -177,6 +244,19 @@ def plot(results, path: Path, target: float):
     fig.savefig(path, dpi=110)
 
 
+def _equal_recall_cell(rows, target) -> str:
+    eq = equal_recall_ratio(rows, target)
+    return "-" if eq is None else f"{eq['ratio']:.3g} (R={eq['recall']:.4f})"
+
+
+def _same_setting_cell(rows) -> str:
+    """Both libraries at each same setting (same nprobe / k_factor: recall within a few
+    1e-4 of each other, so the QPS ratio there is a ratio at equal recall)."""
+    ratios = [r["jann"]["qps"] / r["faiss"]["qps"] for r in rows]
+    gap = max(abs(r["jann"]["recall"] - r["faiss"]["recall"]) for r in rows)
+    return f"{min(ratios):.2f}-{max(ratios):.2f} ({gap:.4f})"
+
+
 def markdown(results, target) -> str:
     rows = []
     for description, res in results["indexes"].items():
@@ -184,18 +264,32 @@ def markdown(results, target) -> str:
         rows.append([description, res["build"]["jann"]["warm"]["train_s"],
                      res["build"]["faiss"]["train_s"], res["build"]["jann"]["warm"]["add_s"],
                      res["build"]["faiss"]["add_s"], j or "-", f or "-",
-                     (j / f) if j and f else "-",
+                     (j / f) if j and f else "-", _equal_recall_cell(res["sweep"], target),
+                     _same_setting_cell(res["sweep"]),
                      res["memory"]["list_bytes_over_codes_plus_ids"]])
     table = _common.markdown_table(
         ["index", "jann train s", "faiss train s", "jann add s", "faiss add s",
          f"jann QPS @R>={target}", f"faiss QPS @R>={target}", "ratio",
-         "lists / (codes+ids)"], rows)
+         "ratio at jann's recall (faiss interpolated)",
+         "ratio per setting, min-max (recall gap)", "lists / (codes+ids)"], rows)
     km = results["kmeans"]
     return (f"## IVF, {results['dataset']} ({results['nb']} x {results['d']}, {results['nq']} "
             f"queries, k={results['k']}, {results['threads']} threads)\n\n{table}\n\n"
             f"k-means k={km['k']}, {km['niter']} iterations: jann {km['jann_s_incl_compile']:.1f} s "
             f"(incl. compile) vs faiss {km['faiss_s']:.1f} s (x{km['time_ratio']:.2f}); "
-            f"objective ratio {km['objective_ratio']:.4f}\n")
+            f"objective ratio {km['objective_ratio']:.4f}\n" + kmeans_memory_line(results))
+
+
+def kmeans_memory_line(results) -> str:
+    mem = results.get("kmeans_memory")
+    if not mem:
+        return ""
+    j, f = mem["jann"], mem["faiss"]
+    return (f"\nk-means memory, {j['n']} x {j['d']} random float32 ({j['data_bytes'] / 2**20:.0f} "
+            f"MiB), k={j['k']}, {j['niter']} iterations, no subsampling: training peak over the "
+            f"RSS with the data loaded: jann {j['train_extra_peak'] / 2**20:.0f} MiB "
+            f"({j['seconds']:.1f} s), faiss {f['train_extra_peak'] / 2**20:.0f} MiB "
+            f"({f['seconds']:.1f} s)\n")
 
 
 def main(argv=None):
@@ -203,6 +297,17 @@ def main(argv=None):
     threads = _common.limit_threads(args.threads)
     import faiss
     faiss.omp_set_num_threads(args.threads)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        out = Path(args.out)
+        plot(results, out / "ivf.png", results["target_recall"])
+        (out / "ivf.md").write_text(markdown(results, results["target_recall"]))
+        print(markdown(results, results["target_recall"]))
+        return
+    if args.kmeans_memory_child:
+        print(json.dumps(kmeans_memory_child(args.kmeans_memory_child),
+                         default=_common._json_default))
+        return
     xb, xq, gt = load(args.dataset, args.k, args.queries)
     results = {"machine": _common.machine_info(), "threads": args.threads,
                "thread_limits": threads, "dataset": Path(args.dataset).name,
@@ -219,6 +324,9 @@ def main(argv=None):
             "qps_at_target": {lib: best_at(rows, lib, args.target) for lib in ("jann", "faiss")},
             "memory": jann_memory(jann_index, code_size)}
     results["kmeans"] = kmeans_compare(xb)
+    if not args.skip_kmeans_memory:
+        print("k-means memory, 1M x 128", flush=True)
+        results["kmeans_memory"] = kmeans_memory(args.threads)
     out = Path(args.out)
     _common.write_json(out / "ivf.json", results)
     plot(results, out / "ivf.png", args.target)

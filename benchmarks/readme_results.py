@@ -2,7 +2,8 @@
 
 Run from the repo root after the benchmarks:  python -m benchmarks.readme_results
 It replaces the text between the results markers in README.md with the Markdown tables
-that benchmarks/flat.py and benchmarks/ivf.py wrote, the plots, and the machine line.
+that benchmarks/flat.py, benchmarks/ivf.py and benchmarks/run.py (run_<dataset>.*) wrote,
+the plots, and the machine line of each JSON.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def result_names() -> list[str]:
+    """flat, ivf, then one run_<dataset> per dataset the runner has results for."""
+    return ["flat", "ivf", *sorted(p.stem for p in RESULTS.glob("run_*.md"))]
+
+
 def section() -> str:
     parts = []
-    for name in ("flat", "ivf"):
+    for name in result_names():
         md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
         if not md.exists():
             continue

@@ -17,13 +17,19 @@ from jann.api import (
 from jann.compose import PreTransformIndex, RefineIndex
 from jann.ivf import IVFIndex
 from jann.lsh import BinaryCodeStore, LSHTransform
+from jann import graph
+from jann.graph import GraphIndex
+from jann.binary import BinaryFlat, BinaryIVF
 from jann.ops.hamming import hamming_distances, knn_hamming, pack_bits, unpack_bits
 from jann.quantizers import (
     IdentityCodec, OPQMatrix, ProductQuantizer, ProductResidualQuantizer, ResidualQuantizer,
     ScalarQuantizer)
 from jann.transforms import Chain, ITQMatrix, ITQTransform, PCAMatrix, RandomRotationMatrix
 from jann.kmeans import Kmeans, kmeans
+from jann.autotune import AutotuneResult, OperatingPoint, autotune, search_parameter_space
 from jann.checkpoint import deserialize, load, save, serialize
+from jann import sharding
+from jann.sharding import ShardedIndex, replicate, shard, to_devices, unshard
 from jann.errors import (
     CapacityOverflowError, CheckpointError, DuplicateIdError, FactoryStringError,
     FileFormatError, IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError,
@@ -54,4 +60,7 @@ __all__ = [
     "pack_bits", "unpack_bits", "IdentityCodec", "OPQMatrix", "ProductQuantizer",
     "ProductResidualQuantizer", "ResidualQuantizer", "ScalarQuantizer", "Chain", "ITQMatrix",
     "ITQTransform", "PCAMatrix", "RandomRotationMatrix",
+    "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
+    "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
+    "graph", "GraphIndex", "BinaryFlat", "BinaryIVF",
 ]

@@ -8,6 +8,8 @@ in-graph behaviour (flags in `index.status`, rows with no results).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,12 +72,32 @@ def check_finite(x, name: str, allow_nan: bool = False):
     """Raise when concrete x holds inf (or NaN unless allowed); no-op on tracers."""
     if is_traced(x):
         return
-    a = np.asarray(x, dtype=np.float32)
-    bad = np.isinf(a) if allow_nan else ~np.isfinite(a)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+        # Spread over devices (maybe over hosts): check where it lies, never gather it.
+        row = int(_first_bad_row(x, allow_nan))
+    else:
+        row = _first_bad_host_row(np.asarray(x), allow_nan)
+    if row >= 0:
         what = "inf" if allow_nan else "NaN or inf"
         raise InvalidInputError(f"{name} contains {what} (first in row {row})")
+
+
+def _first_bad_host_row(a: np.ndarray, allow_nan: bool, rows_per_chunk: int = 1 << 16) -> int:
+    """First row holding inf (or NaN), -1 if none; in chunks, so the temporary mask stays
+    small for a large training set."""
+    for start in range(0, a.shape[0], rows_per_chunk):
+        chunk = np.asarray(a[start:start + rows_per_chunk], dtype=np.float32)
+        bad = np.isinf(chunk) if allow_nan else ~np.isfinite(chunk)
+        if bad.any():
+            return start + int(np.argwhere(bad)[0][0])
+    return -1
+
+
+@functools.partial(jax.jit, static_argnames=("allow_nan",))
+def _first_bad_row(x, allow_nan):
+    bad = jnp.isinf(x) if allow_nan else ~jnp.isfinite(x)
+    bad = jnp.any(bad.reshape(x.shape[0], -1), axis=1)
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
 
 
 def as_ids(ids, n: int, name: str = "ids"):
@@ -94,3 +116,15 @@ def as_ids(ids, n: int, name: str = "ids"):
             f"{name} must lie in [0, {np.iinfo(target).max}) (id dtype {target}"
             + ("; enable jax_enable_x64 for int64 ids" if target == np.int32 else "") + ")")
     return a.astype(target)
+
+
+def delegated_search_params(inner, description: str, params: dict) -> dict:
+    """Search parameters checked by the index `inner` that a wrapper delegates to; an
+    index without any refuses every parameter, naming the wrapper."""
+    checker = getattr(inner, "check_search_params", None)
+    if checker is None:
+        if params:
+            raise InvalidInputError(
+                f"{description} takes no search parameters, got {sorted(params)}")
+        return {}
+    return checker(**params)

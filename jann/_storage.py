@@ -20,6 +20,7 @@ from jann.errors import CapacityOverflowError, DuplicateIdError, InvalidInputErr
 OVERFLOW = 1
 NONFINITE = 2
 DUPLICATE_ID = 4
+ID_RANGE = 8  # ids that do not fit the stored id dtype (int32 ids chosen under x64)
 
 MIN_CAPACITY = 256
 
@@ -125,6 +126,10 @@ def raise_for_status(status: int) -> None:
         raise DuplicateIdError(
             "the added ids repeat each other or ids already in the index, which this index "
             "forbids (IDMap2); nothing was added")
+    if status & ID_RANGE:
+        raise InvalidInputError(
+            "the added ids do not fit the index's int32 ids (placed with ids='int32'); "
+            "nothing was added")
     if status & OVERFLOW:
         raise CapacityOverflowError(
             "an add inside jit did not fit the index capacity and was refused; call "

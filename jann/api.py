@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann import _storage
-from jann._inputs import as_array, as_ids, as_vectors, check_finite, is_traced
+from jann._inputs import (
+    as_array, as_ids, as_vectors, check_finite, delegated_search_params, is_traced)
 from jann.errors import (
     DuplicateIdError, IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
 from jann.ops import distances as dist_ops
@@ -65,20 +66,33 @@ def _chunks(n: int, size: int):
     return [(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
 
 
-def _bucketed_chunks(n: int, buckets=QUERY_BUCKETS):
-    """(start, stop, padded size) covering n rows: whole buckets, largest first, and one
-    padded bucket for the rest, so a 10000-query batch runs as 4096 + 4096 + 1024 + 256
-    + 256 + 256 + 16 instead of three 4096s (23% padding)."""
+def _bucketed_chunks(n: int, buckets=QUERY_BUCKETS, padding_is_free: bool = False):
+    """(start, stop, padded size) covering n rows: whole buckets, largest first, then the
+    rest. By default the rest is cut into whole smaller buckets plus one padded one, so a
+    10000-query batch runs as 4096 + 4096 + 1024 + 256 + 256 + 256 + 16 instead of three
+    4096s (23% padding): padded rows cost an exact search as much as real ones. An index
+    whose search skips padded rows (`skips_padded_queries`: IVF probes no list for them)
+    takes the rest as one padded bucket instead, as each call has a cost of its own (the
+    list-major scan reads every probed list once per call)."""
     out, start = [], 0
     while n - start > 0:
         left = n - start
         size = next((b for b in reversed(buckets) if b <= left), None)
-        if size is None or (size == buckets[0] and left < size):
+        if padding_is_free and left < buckets[-1]:
+            size = _bucket(left, buckets)
+        elif size is None or (size == buckets[0] and left < size):
             size = _bucket(left, buckets)
         stop = min(start + size, n)
         out.append((start, stop, size))
         start = stop
     return out or [(0, 0, buckets[0])]
+
+
+def _as_input(index, x, name: str):
+    """x validated as the index's input: float vectors, or packed codes for the binary
+    indexes (their `as_input` hook checks dtype and code size)."""
+    hook = getattr(index, "as_input", None)
+    return as_vectors(x, index.d, name) if hook is None else hook(x, name)
 
 
 def _require_trained(index, what: str):
@@ -109,7 +123,7 @@ def train(index, x, key=None, **kwargs):
     `key` is a `jax.random` key for whatever is random in training (k-means init,
     sampling); the same key and data give the same index.
     """
-    x = as_vectors(x, index.d, "training vectors")
+    x = _as_input(index, x, "training vectors")
     check_finite(x, "training vectors", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
     trainer = getattr(index, "train", None)
     return index if trainer is None else trainer(x, key=key, **kwargs)
@@ -171,7 +185,7 @@ def _add(index, x, ids, lists):
     raises for it outside jit. Reserve room first with `jann.reserve`.
     """
     _require_trained(index, "add")
-    x = as_vectors(x, index.d, "x")
+    x = _as_input(index, x, "x")
     n = x.shape[0]
     if ids is None and index.id_mode != "sequential":
         raise InvalidInputError(
@@ -185,6 +199,8 @@ def _add(index, x, ids, lists):
     extra = {} if lists is None else {"lists": jnp.asarray(lists, jnp.int32)}
     if is_traced(index, x, ids, lists):
         return index.add_core(x, n, ids, _row_ok(index, x), **extra)
+    if hasattr(index, "check_add"):  # e.g. a graph's first add must exceed its degree
+        index.check_add(n)
     if n == 0:
         return index
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
@@ -211,8 +227,9 @@ def check(index):
 
 
 def ntotal(index) -> int:
-    """Number of vectors in the index (FAISS `ntotal`)."""
-    return _storage.host_int(index.count)
+    """Number of vectors in the index (FAISS `ntotal`; tombstoned rows not counted)."""
+    live = getattr(index, "ntotal_live", None)
+    return _storage.host_int(index.count if live is None else live())
 
 
 # ---------------------------------------------------------------------------- search
@@ -220,13 +237,7 @@ def _search_params(index, params: dict):
     """(static, dynamic) search parameters: plain Python values select a compiled program;
     array values (e.g. the exact nprobe inside its power-of-two bucket) are traced
     arguments, so changing them does not recompile."""
-    checker = getattr(index, "check_search_params", None)
-    if checker is None:
-        if params:
-            raise InvalidInputError(
-                f"{index.describe()} takes no search parameters, got {sorted(params)}")
-        return (), {}
-    checked = checker(**params)
+    checked = delegated_search_params(index, index.describe(), params)
     dynamic = {k: v for k, v in checked.items() if isinstance(v, (jax.Array, np.ndarray))}
     static = tuple(sorted((k, v) for k, v in checked.items() if k not in dynamic))
     return static, dynamic
@@ -265,14 +276,18 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     _require_trained(index, "search")
     _check_selector(selector)
     params = _search_params(index, params)
-    xq = as_vectors(xq, index.d, "queries")
+    xq = _as_input(index, xq, "queries")
     if is_traced(index, xq, selector):
         return _search_impl(index, xq, k, selector, params)[:2]
     nq = xq.shape[0]
     out_d, out_i = [], []
-    for start, stop, size in _bucketed_chunks(nq):
+    skips_padding = getattr(index, "skips_padded_queries", False)
+    static, dynamic = params
+    for start, stop, size in _bucketed_chunks(nq, padding_is_free=skips_padding):
         chunk = _pad_rows_np_or_jit(xq[start:stop], size)
-        distances, ids, ok = _search_jit(index, chunk, k, selector, *params)
+        if skips_padding:
+            dynamic = {**dynamic, "n_queries": np.asarray(stop - start, np.int32)}
+        distances, ids, ok = _search_jit(index, chunk, k, selector, static, dynamic)
         ok = _host_view(ok)[: stop - start]
         if not ok.all():
             raise InvalidInputError(
@@ -332,7 +347,7 @@ def _range_jit(index, xq, radius, capacity, selector, static, dynamic):
 def _range_prologue(index, xq, radius, selector, params):
     _require_trained(index, "range_search")
     _check_selector(selector)
-    return (as_vectors(xq, index.d, "queries"), _check_radius(index, radius),
+    return (_as_input(index, xq, "queries"), _check_radius(index, radius),
             _search_params(index, params))
 
 

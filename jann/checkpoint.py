@@ -13,6 +13,13 @@ On disk a checkpoint is a directory:
 A save writes a new version next to the old one and only then swaps LATEST, so a crash or
 an exception mid-save leaves the previous checkpoint loadable; older versions are deleted
 after the swap.
+
+A sharded index (`jann.shard`) is saved as its stacked per-shard arrays, straight from
+the devices that hold them (every process of a multi-host job calls `save`; each writes
+its own shards, process 0 publishes), with a SHA-256 per shard and a "placement" entry
+(format 2). `load(path, mesh=...)` restores it onto a mesh of any size, each process
+reading only the shards its devices need (see `jann.sharding` for the redistribution);
+`load(path)` without a mesh returns the plain index with all the vectors.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import shutil
 import struct
 import uuid
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,7 +41,8 @@ from jann._pytree import PYTREE_TYPES
 
 __all__ = ["save", "load", "serialize", "deserialize", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sharded / replicated placement; plain indexes are still written as 1
+_PLAIN_VERSION = 1
 _FORMAT = "jann-index"
 _MAGIC = b"JANNIDX\x00"
 _LATEST = "LATEST"
@@ -55,8 +64,8 @@ def _hashable_meta(value):
     return tuple(_hashable_meta(v) for v in value) if isinstance(value, list) else value
 
 
-def _to_state(index, prefix=""):
-    """(JSON tree, {array name: numpy array}) of an index, recursing into sub-indexes."""
+def _to_state(index, prefix="", leaf=np.asarray):
+    """(JSON tree, {array name: leaf(array)}) of an index, recursing into sub-indexes."""
     meta_names = set(type(index).META_FIELDS)
     tree = {"type": type(index).__name__, "meta": {}, "fields": {}}
     arrays = {}
@@ -67,13 +76,13 @@ def _to_state(index, prefix=""):
         elif value is None:
             tree["fields"][f.name] = None
         elif _is_registered(value):
-            sub_tree, sub_arrays = _to_state(value, f"{prefix}{f.name}.")
+            sub_tree, sub_arrays = _to_state(value, f"{prefix}{f.name}.", leaf)
             tree["fields"][f.name] = sub_tree
             arrays.update(sub_arrays)
         else:
             name = prefix + f.name
             tree["fields"][f.name] = {"array": name}
-            arrays[name] = np.asarray(value)
+            arrays[name] = leaf(value)
     return tree, arrays
 
 
@@ -105,10 +114,62 @@ def _array_specs(arrays: dict) -> dict:
 
 
 def _config(index) -> tuple[dict, dict]:
-    tree, arrays = _to_state(index)
     from jann import __version__
+    if not _sharding().is_sharded(index):
+        tree, arrays = _to_state(index)
+        return {"format": _FORMAT, "version": _PLAIN_VERSION, "jann_version": __version__,
+                "index": tree, "arrays": _array_specs(arrays)}, arrays
+    placement = _sharding().placement(index)
+    if placement["mode"] == "replicate":
+        tree, arrays = _to_state(index.index)
+        specs = _array_specs(arrays)
+    else:  # the stacked shards stay on their devices: digests per shard, where they are
+        tree, arrays = _to_state(index.index, leaf=lambda a: a)
+        specs = {name: {"dtype": a.dtype.name, "shape": list(a.shape),
+                        "sha256_shards": _shard_digests(a)} for name, a in arrays.items()}
     return {"format": _FORMAT, "version": FORMAT_VERSION, "jann_version": __version__,
-            "index": tree, "arrays": _array_specs(arrays)}, arrays
+            "index": tree, "arrays": specs, "placement": placement}, arrays
+
+
+def _sharding():
+    from jann import sharding  # late: jann.sharding imports the index modules
+    return sharding
+
+
+def _local_slices(a):
+    """(s, a[s]) for the slices s of a stacked array that this process holds (each once)."""
+    if isinstance(a, np.ndarray):
+        yield from enumerate(a)
+        return
+    seen = set()
+    for shard in a.addressable_shards:
+        start = shard.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            yield from ((start + j, row) for j, row in enumerate(np.asarray(shard.data)))
+
+
+def _shard_digests(a) -> list:
+    """SHA-256 of each slice a[s], computed by the processes that hold them."""
+    table = np.zeros((a.shape[0], 32), np.uint8)
+    for s, part in _local_slices(a):
+        table[s] = np.frombuffer(bytes.fromhex(_digest(part)), np.uint8)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        table = np.asarray(multihost_utils.process_allgather(table)).max(axis=0)
+    return [bytes(row).hex() for row in table]
+
+
+def _check_shards(arrays: dict, specs: dict, where: str) -> None:
+    for name, a in arrays.items():
+        spec = specs[name]
+        if a.dtype.name != spec["dtype"] or list(a.shape) != spec["shape"]:
+            raise CheckpointError(f"{where}: array {name!r} does not match its checksum "
+                                  "(truncated or modified)")
+        for s, part in _local_slices(a):
+            if _digest(part) != spec["sha256_shards"][s]:
+                raise CheckpointError(f"{where}: array {name!r} shard {s} does not match its "
+                                      "checksum (truncated or modified)")
 
 
 def _check_config(config, where: str) -> None:
@@ -137,6 +198,9 @@ def _verified(config, arrays, where: str):
 # --------------------------------------------------------------------------- bytes
 def serialize(index) -> bytes:
     """The index as bytes: magic, format version, JSON header, raw little-endian arrays."""
+    if _sharding().is_sharded(index):
+        raise CheckpointError("serialize takes an index on one device: jann.unshard(index) "
+                              "first, or jann.save(index, path) to keep the shards apart")
     config, arrays = _config(index)
     offset = 0
     for name, a in arrays.items():
@@ -200,10 +264,28 @@ def _current_version(path: str) -> str | None:
         return None
 
 
+def _agreed(number: int, token: int) -> tuple[int, int]:
+    """Process 0's (version number, staging token), so all processes of a multi-host
+    save write into the same staging directory."""
+    if jax.process_count() == 1:
+        return number, token
+    from jax.experimental import multihost_utils
+    agreed = multihost_utils.broadcast_one_to_all(np.array([number, token], np.int32))
+    return int(agreed[0]), int(agreed[1])
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"jann.save:{name}")
+
+
 def save(index, path) -> str:
     """Write the index to directory `path` atomically; returns the version written.
 
     The previous checkpoint at `path` stays loadable until the new one is complete.
+    With several processes (jax.distributed) every process calls save with the same path
+    on a shared file system; each writes the shards it holds, process 0 publishes.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
@@ -211,32 +293,41 @@ def save(index, path) -> str:
     if os.path.isdir(path) and os.listdir(path) and _current_version(path) is None:
         raise CheckpointError(f"{path} is a non-empty directory that is not a jann "
                               "checkpoint; refusing to write into it")
-    os.makedirs(path, exist_ok=True)
+    primary = jax.process_index() == 0
     config, arrays = _config(index)
     previous = _current_version(path)
-    number = int(previous[1:]) + 1 if previous and previous[1:].isdigit() else 1
+    number, token = _agreed(
+        int(previous[1:]) + 1 if previous and previous[1:].isdigit() else 1,
+        int.from_bytes(uuid.uuid4().bytes[:3], "little"))
     version = f"v{number:06d}"
-    staging = os.path.join(path, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    staging = os.path.join(path, f".tmp-{version}-{token:06x}")
     try:
-        os.makedirs(staging)
+        if primary:
+            os.makedirs(staging)
+        _barrier("staging")
         stored = {name: a for name, a in arrays.items() if a.size}  # Orbax refuses 0-size
         if stored:
             checkpointer = _checkpointer()
             checkpointer.save(os.path.join(staging, "arrays"), stored)
             checkpointer.wait_until_finished()
-        with open(os.path.join(staging, "config.json"), "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staging, os.path.join(path, version))
-        latest_tmp = os.path.join(path, f".{_LATEST}.{uuid.uuid4().hex[:8]}")
-        with open(latest_tmp, "w") as f:
-            f.write(version)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(latest_tmp, os.path.join(path, _LATEST))
+        if primary:
+            with open(os.path.join(staging, "config.json"), "w") as f:
+                json.dump(config, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(staging, os.path.join(path, version))
+            latest_tmp = os.path.join(path, f".{_LATEST}.{uuid.uuid4().hex[:8]}")
+            with open(latest_tmp, "w") as f:
+                f.write(version)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(latest_tmp, os.path.join(path, _LATEST))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if primary:
+            shutil.rmtree(staging, ignore_errors=True)
+    _barrier("published")
+    if not primary:
+        return version
     for entry in os.listdir(path):
         if entry != version and entry != _LATEST and (
                 entry.startswith("v") or entry.startswith(".")):
@@ -245,8 +336,15 @@ def save(index, path) -> str:
     return version
 
 
-def load(path):
-    """Read the index saved at `path` (its latest complete version)."""
+def load(path, mesh=None, *, axis: str | None = None):
+    """Read the index saved at `path` (its latest complete version).
+
+    `mesh` (a jax.sharding.Mesh) places it: a sharded checkpoint is restored onto the
+    mesh's `axis` (default: the saved axis name, or the mesh's only axis) whatever its
+    size, each process reading only what its devices hold; a replicated one is
+    replicated on the mesh; a plain one is sharded with `jann.shard`. Without a mesh,
+    a sharded checkpoint comes back as one plain index holding every vector.
+    """
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a jann checkpoint (no such directory)")
@@ -260,19 +358,53 @@ def load(path):
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{where}: unreadable config.json ({exc})") from exc
     _check_config(config, where)
+    placement = config.get("placement")
+    sharded = placement is not None and placement.get("mode") == "shard"
+    shardings, finish = {}, None
+    if sharded:  # Orbax restores sharded arrays only onto a given layout
+        read = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        if mesh is not None:
+            read, finish = _sharding().restore_layout(placement, mesh, axis)
+        shardings = dict.fromkeys(config["arrays"], read)
+    arrays = _read_arrays(os.path.join(path, version, "arrays"), config, shardings, where)
+    if not sharded:
+        index = _verified(config, arrays, where)
+        if mesh is None:
+            return index
+        if placement is None:
+            return _sharding().shard(index, mesh, axis)
+        saved_axis = placement.get("axis")
+        return _sharding().replicate(index, mesh, axis if axis is not None or saved_axis
+                                     not in mesh.axis_names else saved_axis)
+    _check_shards(arrays, config["arrays"], where)
+    stack = _from_state(config["index"], arrays)
+    if finish is None:
+        return _sharding().merge_stack(stack, placement["id_mode"])
+    return finish(stack)
+
+
+def _read_arrays(directory: str, config: dict, shardings: dict, where: str) -> dict:
+    """The checkpoint's arrays: numpy, or jax arrays laid out by `shardings` ({name:
+    sharding}; Orbax then reads on each process only what its devices hold)."""
     arrays = {}
     try:
         specs = config["arrays"]
         stored = [n for n, s in specs.items() if int(np.prod(s["shape"])) > 0]
-        if stored:
-            restored = _checkpointer().restore(os.path.join(path, version, "arrays"))
+        if stored and shardings:
+            targets = {n: jax.ShapeDtypeStruct(tuple(specs[n]["shape"]),
+                                               jnp.dtype(specs[n]["dtype"]),
+                                               sharding=shardings[n]) for n in stored}
+            arrays.update(_checkpointer().restore(directory, targets))
+        elif stored:
+            restored = _checkpointer().restore(directory)
             arrays.update({n: np.asarray(restored[n]) for n in stored})
         for name, spec in specs.items():
             if name not in arrays:
-                arrays[name] = np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))
+                empty = np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))
+                arrays[name] = jax.device_put(empty, shardings[name]) if shardings else empty
     except CheckpointError:
         raise
     except Exception as exc:  # Orbax / tensorstore raise many types on corrupt data
         raise CheckpointError(f"{where}: cannot read arrays ({type(exc).__name__}: {exc})"
                               ) from exc
-    return _verified(config, arrays, where)
+    return arrays

@@ -1,15 +1,17 @@
-"""The `jann` command line: `jann demo` (build, search, check against exact search) and
-`jann info` (versions and devices).
+"""The `jann` command line: `jann demo` (build, search, check against exact search),
+`jann info` (versions and devices) and `jann serve` (an HTTP search service, jann/serve.py).
 
     jann demo                                  # Flat on the embedded Fashion-MNIST set
     jann demo --dataset sift/ --queries 500    # a directory of npy / fvecs, or .hdf5 / .npy
     jann demo --index "Flat(float16)" --k 20
     jann info
+    jann serve ckpt/ --port 8000               # ckpt/ written by jann.save
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,6 +76,7 @@ def _param(text: str) -> tuple[str, object]:
 
 def _parser() -> argparse.ArgumentParser:
     from jann import __version__
+    from jann.api import QUERY_BUCKETS
 
     parser = argparse.ArgumentParser(
         prog="jann", description="jann: JAX-native vector search.")
@@ -109,6 +112,46 @@ def _parser() -> argparse.ArgumentParser:
         description="Print jann, jax and jaxlib versions, the jax backend and devices, "
                     "and whether 64-bit mode (jax_enable_x64) is on.")
     info.set_defaults(func=_info)
+
+    serve = commands.add_parser(
+        "serve", help="serve a saved index over HTTP/JSON (search, add, remove, snapshot)",
+        argument_default=argparse.SUPPRESS,      # unset flags: jann.serve.ServeConfig's defaults
+        description="Serve the index saved at CHECKPOINT (by jann.save) over HTTP/JSON: "
+                    "POST /search, /add, /remove, /snapshot; GET /health, /stats, "
+                    "/openapi.json. Concurrent searches are batched into one compiled "
+                    "search; writes are logged in CHECKPOINT and survive a crash; "
+                    "/snapshot saves a new checkpoint version. Needs the 'serve' extra: "
+                    "pip install 'jann[serve]'.")
+    serve.add_argument("checkpoint", metavar="CHECKPOINT",
+                       help="checkpoint directory written by jann.save")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int,
+                       help="port (default: 8000; 0 picks a free one, printed at start)")
+    serve.add_argument("--token",
+                       help="bearer token required by /add, /remove and /snapshot "
+                            "(default: $JANN_TOKEN; unset: no token)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, metavar="N",
+                       help="largest accepted request body (default: 64 MiB)")
+    serve.add_argument("--max-wait-ms", type=float, metavar="MS",
+                       help="how long a search waits for others to share its batch "
+                            "(default: 2)")
+    serve.add_argument("--max-batch", type=int, metavar="ROWS", choices=QUERY_BUCKETS,
+                       help="most query rows per compiled search; every bucket up to it is "
+                            f"compiled at start (one of {', '.join(map(str, QUERY_BUCKETS))}; "
+                            "default: 1024)")
+    serve.add_argument("--no-batching", dest="batching", action="store_false",
+                       help="answer each request with its own search (for comparison)")
+    serve.add_argument("--warm-k", type=_positive_int, action="append", metavar="K",
+                       help="k values compiled at start (repeatable; default: 10)")
+    serve.add_argument("--param", dest="warm_params", type=_param, action="append",
+                       metavar="NAME=VALUE",
+                       help="search parameter compiled at start, e.g. nprobe=16 "
+                            "(repeatable); requests may use others")
+    serve.add_argument("--max-k", type=_positive_int,
+                       help="largest k a request may ask for (default: 1024)")
+    serve.add_argument("--max-queries", type=_positive_int, metavar="N",
+                       help="most queries per request (default: 16384)")
+    serve.set_defaults(func=_serve)
     return parser
 
 
@@ -292,6 +335,28 @@ def _demo(args) -> int:
     if isinstance(index, jann.FlatIndex):
         _line("results equal exact search", "yes" if equal else "no")
     return 0
+
+
+# ----------------------------------------------------------------------------- serve
+# The optional 'serve' extra: a missing one is a usage problem, not a crash.
+_SERVE_PACKAGES = ("starlette", "uvicorn", "anyio", "h11")
+
+
+def _serve(args) -> int:
+    try:
+        from jann import serve
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in _SERVE_PACKAGES:
+            raise
+        raise _UsageError(str(e)) from None
+    given = {name: value for name, value in vars(args).items()
+             if name not in ("command", "func")}
+    if "token" not in given and os.environ.get("JANN_TOKEN"):
+        given["token"] = os.environ["JANN_TOKEN"]
+    for name in ("warm_k", "warm_params"):
+        if name in given:
+            given[name] = tuple(given[name])
+    return serve.run(serve.ServeConfig(**given))
 
 
 # ------------------------------------------------------------------------------ main

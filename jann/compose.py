@@ -15,10 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jann._inputs import delegated_search_params
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
 from jann.ops import distances as dist_ops
+from jann.ops.knn import map_query_blocks
 from jann.ops.topk import smallest_k_padded
+
+# Queries per block of the refine step's exact re-scoring (see RefineIndex._rescore).
+RESCORE_QUERY_BLOCK = 16
 
 __all__ = ["PreTransformIndex", "RefineIndex"]
 
@@ -50,14 +55,14 @@ class _Delegating:
     def id_mode(self):
         return self.inner.id_mode
 
+    @property
+    def skips_padded_queries(self):
+        """Padded query rows are skipped when the inner index skips them: search
+        parameters (`n_queries` among them) go through to it."""
+        return getattr(self.inner, "skips_padded_queries", False)
+
     def check_search_params(self, **params):
-        checker = getattr(self.inner, "check_search_params", None)
-        if checker is None:
-            if params:
-                raise InvalidInputError(
-                    f"{self.describe()} takes no search parameters, got {sorted(params)}")
-            return {}
-        return checker(**params)
+        return delegated_search_params(self.inner, self.describe(), params)
 
 
 @pytree_dataclass(data=("transform", "index"), meta=("transform_description",))
@@ -175,25 +180,32 @@ class RefineIndex(_Delegating):
             raise InvalidInputError(f"k_factor must be a number >= 1, got {k_factor!r}")
         return {**out, "k_factor": float(k_factor)}
 
-    def _rescore(self, xq, cand_ids, k):
-        nq, kk = cand_ids.shape
-        vectors, found = self.refine.reconstruct_core(cand_ids.reshape(-1))
-        vectors = vectors.reshape(nq, kk, -1)
-        q = self.refine.prepare_queries(xq)
+    def _rescore(self, xq, cand_ids):
+        """Exact scores of each query's candidates, a few queries at a time: the gathered
+        (queries, candidates, d) vectors then stay in cache and XLA fuses the gather into
+        the reduction (10k queries x 40 candidates on Fashion-MNIST: 0.25 s of CPU against
+        0.93 s for one (nq, kk, d) block)."""
         metric = self.base.metric
-        if metric == "l2":
-            scores = jnp.sum((q[:, None, :] - vectors) ** 2, axis=-1)
-        elif metric in ("ip", "cosine"):
-            scores = jnp.einsum("qd,qkd->qk", q, vectors)
-        else:
+        if metric not in ("l2", "ip", "cosine"):
             raise InvalidInputError(f"refine supports l2, ip and cosine, not {metric}")
-        ok = found.reshape(nq, kk) & (cand_ids >= 0)
-        return scores, ok
+
+        def block(args):
+            q, cand = args
+            vectors, found = self.refine.reconstruct_core(cand.reshape(-1))
+            vectors = vectors.reshape(*cand.shape, -1)
+            if metric == "l2":
+                scores = jnp.sum((q[:, None, :] - vectors) ** 2, axis=-1)
+            else:
+                scores = jnp.einsum("qd,qkd->qk", q, vectors)
+            return scores, found.reshape(cand.shape) & (cand >= 0)
+
+        q = self.refine.prepare_queries(xq)
+        return map_query_blocks(block, (q, cand_ids), RESCORE_QUERY_BLOCK)
 
     def search_core(self, xq, k, selector=None, k_factor=1.0, **params):
         kk = max(k, int(round(k * k_factor)))
         _, cand = self.base.search_core(xq, kk, selector, **params)
-        scores, ok = self._rescore(xq.astype(jnp.float32), cand, k)
+        scores, ok = self._rescore(xq.astype(jnp.float32), cand)
         similarity = dist_ops.is_similarity(self.base.metric)
         keyed = jnp.where(ok, -scores if similarity else scores, jnp.inf)
         values, cols = smallest_k_padded(keyed, k)

@@ -8,11 +8,20 @@ Grammar (comma-separated, FAISS's spelling):
                | OPQ<M>[_<d>] | RR[<d>] | ITQ[<d>]
     main:      Flat | Flat(float16|bfloat16)       exact search
                | IVF<nlist>,<codes>                inverted file
+               | HNSW<M>[,<codes>]                 graph (jann.graph): graph_degree 2*M (FAISS's
+                                                   level-0 degree), intermediate_degree 3*M
+               | CAGRA<R>[_<K>][,<codes>]          graph: graph_degree R, intermediate_degree K
+                                                   (default 2*R); codes: stored form, default Flat
                | Residual<nlist>,<codes>           2-level: residual codes, every list scanned
                | <codes>                           flat-coded (no partition)
     codes:     Flat | PQ<M>[x<nbits>][np] | SQ8 | SQ4 | SQ6 | SQ8_uniform | SQ4_uniform
                | SQ8_direct | SQfp16 | SQbf16 | RQ<M>x<nbits> | PRQ<nsplits>x<M>x<nbits>
                | LSH[<nbits>][r][t]
+               | binary                            Hamming search on packed uint8 codes, d in bits
+    binary:    BFlat | BIVF<nlist> | BHNSW<M> | BCAGRA<R>[_<K>] | BHash<b>
+               float -> binary in one string: LSH<nbits>[r][t],<binary> or
+               {transform,}<binary> (e.g. ITQ256,BHNSW16: the sign of the last transform's
+               output is the bit)
 
 `metric` is a keyword: "l2", "ip", "cosine" for every index; Flat also takes "l1", "linf",
 "lp" (metric_arg=p), "canberra", "braycurtis", "jensenshannon", "jaccard",
@@ -27,7 +36,7 @@ from jann.errors import FactoryStringError, InvalidInputError
 from jann.flat import STORAGE_DTYPES, FlatIndex
 from jann.ops.distances import canonical_metric
 
-__all__ = ["index_factory", "GRAMMAR"]
+__all__ = ["GRAMMAR", "index_factory"]
 
 GRAMMAR = __doc__[__doc__.index("Grammar"):].strip()
 
@@ -124,14 +133,69 @@ def _coded_index(d, tokens, description, metric, id_mode, dtype):
                            description=head)
 
 
+_GRAPH_RE = re.compile(r"(B?)(?:HNSW(\d+)|CAGRA(\d+)(?:_(\d+))?)")
+_BINARY_RE = re.compile(r"BFlat|BIVF(\d+)|BHash(\d+)|B(?:HNSW|CAGRA)[\d_]+")
+
+
+def _graph_index(d, tokens, description, metric, id_mode, dtype):
+    """HNSW<M> / CAGRA<R>[_<K>] (optionally followed by a codes token), B-prefixed for
+    binary; None when tokens[0] is not a graph."""
+    m = _GRAPH_RE.fullmatch(tokens[0])
+    if m is None:
+        return None
+    from jann.graph import GraphIndex
+    binary = bool(m.group(1))
+    if m.group(2):
+        degree, inter = 2 * int(m.group(2)), 3 * int(m.group(2))
+    else:
+        degree = int(m.group(3))
+        inter = int(m.group(4)) if m.group(4) else 2 * degree
+    if degree < 1 or inter < degree:
+        _fail(description, "the graph needs degree >= 1 and intermediate >= degree")
+    codec, name = None, tokens[0]
+    if len(tokens) > 2 or (binary and len(tokens) > 1):
+        _fail(description, f"{tokens[0]} takes at most one codes component (none if binary)")
+    if len(tokens) == 2:
+        found = _codec(tokens[1], d, dtype)
+        if found is None:
+            _fail(description, f"unknown codes {tokens[1]!r}")
+        codec, name = found[0], ",".join(tokens)
+    elif not binary and dtype != "float32":
+        codec = _codec("Flat", d, dtype)[0]
+    if binary and d % 8:
+        _fail(description, f"binary indexes need d (bits) to be a multiple of 8, got {d}")
+    return GraphIndex.create(d, degree, inter, codec, metric=metric, id_mode=id_mode,
+                             binary=binary, description=name)
+
+
+def _binary_index(d, tokens, description, id_mode):
+    if len(tokens) != 1 or not _BINARY_RE.fullmatch(tokens[0]):
+        return None
+    if d % 8:
+        _fail(description, f"binary indexes need d (bits) to be a multiple of 8, got {d}")
+    from jann import binary
+    head = tokens[0]
+    if head == "BFlat":
+        return binary.binary_flat(d, id_mode)
+    if m := re.fullmatch(r"BIVF(\d+)", head):
+        return binary.BinaryIVF.create(d, int(m.group(1)), id_mode=id_mode)
+    if m := re.fullmatch(r"BHash(\d+)", head):
+        return binary.BinaryIVF.create(d, hash_bits=int(m.group(1)), id_mode=id_mode)
+    return _graph_index(d, tokens, description, "l2", id_mode, "float32")
+
+
 def _main_index(d, tokens, description, metric, metric_arg, id_mode, dtype):
+    if (index := _binary_index(d, tokens, description, id_mode)) is not None:
+        return index
     flat = re.fullmatch(r"Flat(?:\((float32|float16|bfloat16)\))?", tokens[0])
     if flat and len(tokens) == 1:
         return FlatIndex.empty(d, metric, metric_arg=metric_arg,
                                dtype=dtype or flat.group(1) or "float32", id_mode=id_mode)
     if metric not in ("l2", "ip", "cosine"):
         _fail(description, f"metric {metric!r} is supported by Flat only")
-    index = _coded_index(d, tokens, description, metric, id_mode, dtype or "float32")
+    index = _graph_index(d, tokens, description, metric, id_mode, dtype or "float32")
+    if index is None:
+        index = _coded_index(d, tokens, description, metric, id_mode, dtype or "float32")
     if index is None:
         _fail(description, f"unknown component {tokens[0]!r}")
     return index
@@ -169,6 +233,9 @@ def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: f
         d_in = found[1]
     if not tokens:
         _fail(description, "no index component")
+    if _BINARY_RE.fullmatch(tokens[-1]) and len(tokens) > 1 or transforms and \
+            _BINARY_RE.fullmatch(tokens[0]):
+        tokens, d_in = _binarizer(tokens, transforms, d_in, description)
     index = _main_index(d_in, tokens, description, metric, metric_arg, id_mode, dtype)
     if transforms:
         from jann.compose import PreTransformIndex
@@ -176,10 +243,33 @@ def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: f
         chain = transforms[0][1] if len(transforms) == 1 else Chain.create(
             *[t for _, t in transforms])
         index = PreTransformIndex(transform=chain, index=index,
-                                  transform_description=",".join(n for n, _ in transforms))
+                                  transform_description=",".join(n for n, _ in transforms if n))
     if refine is not None:
         index = _refined(d, index, refine, metric, k_factor)
     return index
+
+
+def _binarizer(tokens, transforms, d_in, description):
+    """Float -> bits in front of a binary index: an LSH token, or the sign of the last
+    transform's output (appended to `transforms`); returns (tokens left, bits)."""
+    from jann.lsh import LSHTransform
+    if len(tokens) == 2:
+        m = re.fullmatch(r"LSH(\d*)(r?)(t?)", tokens[0])
+        if m is None:
+            _fail(description, f"{tokens[0]!r} cannot feed the binary index {tokens[1]!r}")
+        nbits = int(m.group(1)) if m.group(1) else d_in
+        t = LSHTransform.create(d_in, nbits, rotate=bool(m.group(2)),
+                                train_thresholds=bool(m.group(3)))
+        transforms.append((tokens[0], t))
+        tokens = tokens[1:]
+    elif len(tokens) == 1:
+        transforms.append(("", LSHTransform.create(d_in, d_in)))
+    else:
+        _fail(description, "a binary index takes one float -> binary component before it")
+    bits = transforms[-1][1].nbits
+    if bits % 8:
+        _fail(description, f"binary indexes need a multiple of 8 bits, got {bits}")
+    return tokens, bits
 
 
 def _refined(d, base, token, metric, k_factor):

@@ -1,10 +1,11 @@
 """Flat index: exact search over vectors stored as they are (FAISS `IndexFlat`, `IDMap`).
 
 Storage is float32, float16 or bfloat16 (`dtype=`); distances always accumulate in
-float32. Search streams the stored vectors in tiles (`jann.ops.knn_scan`), so memory stays
-bounded for any size. Ids: `id_mode="sequential"` numbers vectors 0, 1, ... in insertion
-order and renumbers after a removal (as `IndexFlat.remove_ids`); "idmap" stores the ids the
-user gives (duplicates allowed, as `IndexIDMap`); "idmap2" also requires them unique
+float32. Search streams the stored vectors in tiles (`jann.ops.knn_scan`, or its Pallas
+kernel through `jann.ops.dispatch`), so memory stays bounded for any size. Ids:
+`id_mode="sequential"` numbers vectors 0, 1, ... in insertion order and renumbers after a
+removal (as `IndexFlat.remove_ids`); "idmap" stores the ids the user gives (duplicates
+allowed, as `IndexIDMap`); "idmap2" also requires them unique
 (as `IndexIDMap2`, whose reverse map needs that).
 """
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from jann import _storage
 from jann._pytree import pytree_dataclass
 from jann.ops import distances as dist_ops
-from jann.ops.knn import knn_scan
+from jann.ops.dispatch import knn_search
 from jann.ops.range_search import range_scan
 
 ID_MODES = ("sequential", "idmap", "idmap2")
@@ -132,10 +133,10 @@ class FlatIndex:
             return jnp.full(rows.shape, -1, self.ids.dtype)
         return jnp.where(rows >= 0, self.ids[jnp.maximum(rows, 0)], -1)
 
-    def search_core(self, xq, k: int, selector=None):
-        distances, rows = knn_scan(
+    def search_core(self, xq, k: int, selector=None, backend: str = "auto"):
+        distances, rows = knn_search(
             self.prepare_queries(xq), self.vectors, k, self.metric, self.metric_arg,
-            xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector))
+            xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector), backend=backend)
         return distances, self._row_ids(rows)
 
     def range_core(self, xq, radius, capacity: int, selector=None):

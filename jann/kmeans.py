@@ -28,7 +28,8 @@ from jann.errors import InvalidInputError
 from jann.ops.distances import normalize_L2
 from jann.ops.knn import knn_scan
 
-__all__ = ["KMeansResult", "Kmeans", "assign", "check_training_points", "kmeans", "lloyd_step"]
+__all__ = ["KMeansResult", "Kmeans", "assign", "check_training_points", "kmeans", "lloyd_step",
+           "update_centroids"]
 
 _SPLIT_EPS = 1.0 / 1024.0
 
@@ -90,6 +91,18 @@ def _split_empty_clusters(centroids, counts, key):
     return centroids
 
 
+def update_centroids(centroids, sums, counts, key, spherical: bool):
+    """The Lloyd update from per-cluster sums (k, d) and counts (k,): means, empty
+    clusters split, renormalised if spherical. Separate from the assignment so that a
+    distributed k-means (`jann.sharding.kmeans_sharded`) can reduce sums and counts
+    across devices first and then apply exactly the same update."""
+    means = sums / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
+    new = jnp.where((counts > 0)[:, None], means, centroids)
+    new = jax.lax.cond(jnp.any(counts == 0),
+                       lambda c: _split_empty_clusters(c, counts, key), lambda c: c, new)
+    return normalize_L2(new) if spherical else new
+
+
 @functools.partial(jax.jit, static_argnames=("spherical",))
 def lloyd_step(x, centroids, key, spherical):
     """One Lloyd iteration from given centroids: (new centroids, objective, #empty split).
@@ -99,12 +112,7 @@ def lloyd_step(x, centroids, key, spherical):
     k = centroids.shape[0]
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
     counts = jnp.bincount(labels, length=k)
-    means = sums / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
-    new = jnp.where((counts > 0)[:, None], means, centroids)
-    new = jax.lax.cond(jnp.any(counts == 0),
-                       lambda c: _split_empty_clusters(c, counts, key), lambda c: c, new)
-    if spherical:
-        new = normalize_L2(new)
+    new = update_centroids(centroids, sums, counts, key, spherical)
     return new, jnp.sum(dist), jnp.sum(counts == 0)
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InvalidDtypeError, InvalidInputError
-from .knn import map_query_blocks, running_top_k, tiled
+from .knn import streamed_top_k
 from .topk import check_k
 
 __all__ = ["pack_bits", "unpack_bits", "hamming_distances", "knn_hamming",
@@ -128,18 +128,11 @@ def knn_hamming_scan(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | N
     n = b_words.shape[0]
     tile = tile or min(HAMMING_TILE, max(n, 1))
     query_block = query_block or HAMMING_QUERY_BLOCK
-    tiles, _, valid_tiles = tiled(b_words, None, xb_valid, tile)
-    def keyed_tile(q, b_tile, valid_tile):
-        # float32 holds every distance up to 2**24 bits exactly.
-        keyed = _popcount_distances(q, b_tile).astype(jnp.float32)
-        if valid_tile is not None:
-            keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
-        return keyed
-
-    def search_block(q):
-        return running_top_k(q, (tiles, valid_tiles), tile, k, keyed_tile)
-
-    values, rows = map_query_blocks(search_block, q_words, query_block)
+    # float32 holds every distance up to 2**24 bits exactly.
+    values, rows = streamed_top_k(
+        q_words, b_words, k, tile, query_block,
+        lambda q, b_tile: _popcount_distances(q, b_tile).astype(jnp.float32),
+        base_valid=xb_valid)
     missing = jnp.isinf(values)
     distances = jnp.where(missing, MISSING_DISTANCE, values.astype(jnp.int32))
     return distances.astype(jnp.int32), jnp.where(missing, -1, rows)

@@ -22,7 +22,8 @@ from .distances import (
 from .errors import InvalidInputError
 from .topk import check_k, merge_smallest, smallest_k
 
-__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k"]
+__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
+           "streamed_top_k"]
 
 # Matmul metrics: (512, 4096) score blocks (8 MiB) measured fastest on Fashion-MNIST
 # among tiles 2048-16384 x query blocks 512-2048 (2 cores; within ~8% of each other).
@@ -65,27 +66,45 @@ def tiled(xb, xb_sqnorms, xb_valid, tile):
 
 
 def map_query_blocks(fn, xq, query_block):
-    """fn over row blocks of xq (padded to whole blocks), results concatenated and cut."""
-    nq = xq.shape[0]
+    """fn over row blocks of xq (an array, or a pytree of arrays with the same rows),
+    results stacked in row order.
+
+    Blocks are sliced from xq in place (the last one shifted back to end at the last row,
+    recomputing a few rows) rather than padding xq to whole blocks, which would copy it:
+    k-means assigns 1M x 128 training points this way, and a padded copy was 512 MB.
+    """
+    leaves = jax.tree.leaves(xq)
+    nq = leaves[0].shape[0]
     if nq <= query_block:
         return fn(xq)
     n_blocks = -(-nq // query_block)
-    blocks = _pad_rows(xq, n_blocks * query_block).reshape(n_blocks, query_block, -1)
-    out = jax.lax.map(fn, blocks)
-    return jax.tree.map(lambda a: a.reshape(n_blocks * query_block, *a.shape[2:])[:nq], out)
+    shapes = jax.eval_shape(fn, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((query_block,) + a.shape[1:], a.dtype), xq))
+    out = jax.tree.map(lambda s: jnp.zeros((nq,) + s.shape[1:], s.dtype), shapes)
+
+    def body(i, out):
+        start = jnp.minimum(i * query_block, nq - query_block)
+        block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, query_block), xq)
+        return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, start, 0),
+                            out, fn(block))
+
+    return jax.lax.fori_loop(0, n_blocks, body, out)
 
 
 def running_top_k(q, tile_stacks, tile: int, k: int, keyed_tile):
     """Scan database tiles keeping each query's k smallest keys: the streaming loop shared
     by every exact search. `keyed_tile(q, *one_tile)` gives the (nq, tile) keys of one
-    tile (+inf for rows that may not be returned). Returns (keys, rows) (nq, k), ascending,
-    +inf / -1 past the rows that exist."""
+    tile (+inf for rows that may not be returned), or (scores, bias): keys scores + bias
+    with bias (tile,), left unsummed for `smallest_k` to fuse. Returns (keys, rows)
+    (nq, k), ascending, +inf / -1 past the rows that exist."""
     take = min(k, tile)
     n_tiles = next(t for t in tile_stacks if t is not None).shape[0]
 
     def step(carry, inputs):
         start, *one_tile = inputs
-        values, cols = smallest_k(keyed_tile(q, *one_tile), take)
+        keyed = keyed_tile(q, *one_tile)
+        scores, bias = keyed if isinstance(keyed, tuple) else (keyed, None)
+        values, cols = smallest_k(scores, take, bias)
         return merge_smallest(*carry, values, cols + start, k), None
 
     init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
@@ -93,6 +112,27 @@ def running_top_k(q, tile_stacks, tile: int, k: int, keyed_tile):
     starts = jnp.arange(n_tiles, dtype=jnp.int32) * tile
     (values, rows), _ = jax.lax.scan(step, init, (starts, *tile_stacks))
     return values, rows
+
+
+def streamed_top_k(q, base, k: int, tile: int, query_block: int, keys_of_tile, *,
+                   base_valid=None):
+    """Each row of q's k smallest keys over the rows of base, streamed: `running_top_k`
+    over tiles of base for each block of queries. `keys_of_tile(q_block, base_tile)`
+    gives the (query_block, tile) keys (NaN-free); rows outside base_valid (N,) never
+    come back. For searches with no per-tile data beyond base (Hamming codes, PQ codes).
+    Returns (keys, rows) (nq, k), ascending, +inf / -1 where fewer than k rows qualify."""
+    base_tiles, _, valid_tiles = tiled(base, None, base_valid, tile)
+
+    def keyed_tile(q_block, base_tile, valid_tile):
+        keys = keys_of_tile(q_block, base_tile)
+        if valid_tile is None:
+            return keys
+        return keys, jnp.where(valid_tile, 0.0, jnp.inf)
+
+    def search_block(q_block):
+        return running_top_k(q_block, (base_tiles, valid_tiles), tile, k, keyed_tile)
+
+    return map_query_blocks(search_block, q, query_block)
 
 
 def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
@@ -114,7 +154,8 @@ def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
 
     def keyed_tile(q, x_tile, norm_tile, valid_tile):
         if metric in _RANK_BY_DOT:
-            return _dot_keyed(q, x_tile, norm_tile, valid_tile, metric)
+            return _dot_keyed(q * _DOT_KEY_SCALE[metric], x_tile, norm_tile, valid_tile,
+                              metric)
         scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
         keyed = -scores if similarity else scores
         keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
@@ -136,22 +177,23 @@ def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
 # elementwise pass over the (query_block, tile) block instead of four (norms, clamp, NaN,
 # validity), which measured ~15% of the Flat search time on Fashion-MNIST.
 _RANK_BY_DOT = frozenset({"l2", "ip", "cosine"})
+# Keys are ||x||^2 - 2 q.x (l2) or -q.x: the factor goes on the queries, once per query
+# block, not on every score; powers of two scale exactly, so the keys are unchanged.
+_DOT_KEY_SCALE = {"l2": -2.0, "ip": -1.0, "cosine": -1.0}
 
 
-def _dot_keyed(q, x_tile, norm_tile, valid_tile, metric):
-    """Smaller-is-better keys from one matmul: ||x||^2 - 2 q.x for l2 (||q||^2, the same
-    for the whole row, is added to the k survivors only), -q.x for inner products; rows
-    that may not be returned get +inf through the bias."""
-    dots = dot(q, x_tile)
+def _dot_keyed(scaled_q, x_tile, norm_tile, valid_tile, metric):
+    """Smaller-is-better keys as (scores, bias) from one matmul of the pre-scaled queries:
+    bias ||x||^2 for l2 (||q||^2, the same for the whole row, is added to the k survivors
+    only), 0 for inner products; rows that may not be returned get +inf bias."""
+    dots = dot(scaled_q, x_tile)
     if metric == "l2":
         bias = squared_norms(x_tile) if norm_tile is None else norm_tile
-        scale = -2.0
     else:
         bias = jnp.zeros((x_tile.shape[0],), jnp.float32)
-        scale = -1.0
     if valid_tile is not None:
         bias = jnp.where(valid_tile, bias, jnp.inf)
-    return bias[None, :] + scale * dots
+    return dots, bias
 
 
 def _check_pair(xq, xb):
@@ -162,21 +204,26 @@ def _check_pair(xq, xb):
     return xq, xb
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric", "p"))
-def _knn_jit(xq, xb, k, metric, p):
+@functools.partial(jax.jit, static_argnames=("k", "metric", "p", "backend"))
+def _knn_jit(xq, xb, k, metric, p, backend="auto"):
     if metric == "cosine":
         xq, xb = normalize_L2(xq), normalize_L2(xb)
-    return knn_scan(xq, xb, k, metric, p)
+    # --- backend dispatch hook (ops/dispatch.py; imported here: it imports this module)
+    from .dispatch import knn_search
+    return knn_search(xq, xb, k, metric, p, backend=backend)
 
 
-def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0):
+def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0, *, backend: str = "auto"):
     """Exact brute-force k-NN of xq among xb under any metric (FAISS `knn`).
 
     Streams xb in tiles: memory stays bounded for any database size.
-    Returns (distances (nq, k) float32, indices (nq, k) int32).
+    Returns (distances (nq, k) float32, indices (nq, k) int32). backend: "auto" | "xla" |
+    "pallas", see `jann.ops.dispatch` (l2 / ip / cosine have a Pallas kernel).
     """
+    from .dispatch import check_backend
     xq, xb = _check_pair(xq, xb)
-    return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p))
+    return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p),
+                    check_backend(backend))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "p"))

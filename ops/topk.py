@@ -34,24 +34,30 @@ def _top_k_smallest(x: jax.Array, k: int):
     return -values, idx.astype(jnp.int32)
 
 
-def smallest_k(x: jax.Array, k: int):
+def smallest_k(x: jax.Array, k: int, bias: jax.Array | None = None):
     """The k smallest values of each row of x (..., n) and their columns, ascending.
 
+    bias: optional (n,) added to every row first. Passing it rather than x + bias lets
+    each pass fuse the addition instead of writing the sum out: one read of x instead of
+    a write and two reads (the exact searches' score blocks are 8 MiB).
     Requires k <= n; NaN must already be replaced (callers map it to +inf).
     """
     n = x.shape[-1]
     n_blocks = n // _BLOCK
     if k > n:
         raise ValueError(f"smallest_k: k={k} > n={n}")
+    if bias is None:
+        bias = jnp.zeros((n,), x.dtype)
     if k == 1:  # a plain reduction beats any selection (k-means assignment, IVF probes)
-        col = jnp.argmin(x, axis=-1).astype(jnp.int32)[..., None]
-        return jnp.take_along_axis(x, col, axis=-1), col
+        col = jnp.argmin(x + bias, axis=-1).astype(jnp.int32)[..., None]
+        return jnp.take_along_axis(x, col, axis=-1) + bias[col], col
     if n_blocks < 4 * k or n % _BLOCK:
-        return _top_k_smallest(x, k)
+        return _top_k_smallest(x + bias, k)
     blocks = x.reshape(*x.shape[:-1], n_blocks, _BLOCK)
-    _, best_blocks = _top_k_smallest(jnp.min(blocks, axis=-1), k)
+    bias_blocks = bias.reshape(n_blocks, _BLOCK)
+    _, best_blocks = _top_k_smallest(jnp.min(blocks + bias_blocks, axis=-1), k)
     best_blocks = jnp.sort(best_blocks, axis=-1)  # keeps ties in column order
-    cand = jnp.take_along_axis(blocks, best_blocks[..., None], axis=-2)
+    cand = jnp.take_along_axis(blocks, best_blocks[..., None], axis=-2) + bias_blocks[best_blocks]
     values, pos = _top_k_smallest(cand.reshape(*x.shape[:-1], k * _BLOCK), k)
     cols = jnp.take_along_axis(best_blocks, pos // _BLOCK, axis=-1) * _BLOCK + pos % _BLOCK
     return values, cols

@@ -15,6 +15,15 @@ from jann import datasets
 faiss.omp_set_num_threads(1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_jax_caches():
+    """Drop compiled programs after each test module. One process runs ~600 tests; with
+    every executable kept alive, XLA's CPU compiler once crashed (SIGSEGV) late in the
+    run on a test that passes alone, so no module inherits the others' compiled state."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """Embedded real data: 20000 x 196 base, 1000 queries (float32)."""

@@ -115,6 +115,22 @@ def test_recall_grows_with_nprobe_and_no_recompile_within_bucket(data, compile_c
     assert compile_counter.count == before
 
 
+def test_padded_query_rows_are_skipped_and_change_nothing(data):
+    """IVF takes a batch's tail as one padded bucket whose padded rows probe no list;
+    every row's result must not depend on how the batch was cut."""
+    from jann.api import _bucketed_chunks
+    xb, xq, _ = data
+    assert [c[2] for c in _bucketed_chunks(10000, padding_is_free=True)] == [4096] * 3
+    assert len(_bucketed_chunks(10000)) > 3  # exact search avoids padding instead
+    index = jann.add(_ivf_flat(xb, 32), xb)
+    assert index.skips_padded_queries
+    D, I = jann.search(index, xq, K, nprobe=4)                  # 300 rows -> one 1024 bucket
+    for rows in (slice(0, 1), slice(7, 70), slice(250, 300)):  # other buckets and paddings
+        d, i = jann.search(index, xq[rows], K, nprobe=4)
+        np.testing.assert_array_equal(np.asarray(i), np.asarray(I)[rows])
+        np.testing.assert_allclose(np.asarray(d), np.asarray(D)[rows], rtol=1e-5)
+
+
 def test_any_k_and_empty_lists(data):
     xb, xq, _ = data
     index = jann.add(_ivf_flat(xb), xb[:500])

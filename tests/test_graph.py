@@ -1,0 +1,172 @@
+"""Graph index (jann.graph): recall against numpy brute force on real data, connectivity
+after updates, tombstones, filtering, checkpoints and bad input."""
+
+import jax
+import numpy as np
+import pytest
+
+import jann
+from jann.datasets import exact_knn
+from jann.graph import reachable
+
+K = 10
+
+
+def recall(found, gt, k=K):
+    found = np.asarray(found)
+    return float(np.mean([len(set(found[i, :k]) & set(gt[i, :k])) / k
+                          for i in range(found.shape[0])]))
+
+
+@pytest.fixture(scope="module")
+def subset(fmnist):
+    xb, xq = fmnist["base"][:5000], fmnist["queries"][:200]
+    return xb, xq, exact_knn(xq, xb, K)[1]
+
+
+@pytest.fixture(scope="module")
+def hnsw16(subset):
+    return jann.add(jann.index_factory(subset[0].shape[1], "HNSW16"), subset[0])
+
+
+def all_reachable(index):
+    n = jann.ntotal(index) + int(np.asarray(index.deleted).sum())
+    reached = np.asarray(reachable(index.neighbors, index.entries, index.count))
+    return reached[:n].all()
+
+
+@pytest.mark.parametrize("params, floor", [
+    ({"ef": 16}, 0.90), ({"ef": 64}, 0.97), ({"ef": 128, "search_width": 2}, 0.98),
+    ({"ef": 64, "entry": "fixed"}, 0.95), ({"ef": 64, "gather_fraction": 0.5}, 0.96)])
+def test_recall(subset, hnsw16, params, floor):
+    _, xq, gt = subset
+    _, ids = jann.search(hnsw16, xq, K, **params)
+    assert recall(ids, gt) >= floor
+
+
+def test_recall_vs_hnswlib(subset, hnsw16):
+    hnswlib = pytest.importorskip("hnswlib")
+    xb, xq, gt = subset
+    peer = hnswlib.Index(space="l2", dim=xb.shape[1])
+    peer.init_index(max_elements=len(xb), M=16, ef_construction=200, random_seed=0)
+    peer.set_num_threads(1)
+    peer.add_items(xb)
+    peer.set_ef(64)
+    theirs = recall(peer.knn_query(xq, K)[0], gt)
+    ours = recall(jann.search(hnsw16, xq, K, efSearch=64)[1], gt)
+    assert ours >= theirs - 0.02, (ours, theirs)
+
+
+def test_graph_shape(hnsw16):
+    nb = np.asarray(hnsw16.neighbors[:5000])
+    assert nb.shape[1] == 32  # HNSW16: FAISS level-0 degree 2*M
+    assert (nb >= 0).all() and (nb < 5000).all()
+    assert not (nb == np.arange(5000)[:, None]).any()
+    assert all(len(set(row)) == len(row) for row in nb[:500])
+    assert all_reachable(hnsw16)
+
+
+def test_compressed_storage(subset):
+    xb, xq = subset[0][:2000], subset[1][:100]
+    gt = exact_knn(xq, xb, K)[1]
+    index = jann.index_factory(xb.shape[1], "HNSW16,SQ8")
+    index = jann.add(jann.train(index, xb), xb)
+    assert recall(jann.search(index, xq, K, ef=64)[1], gt) >= 0.9
+    refined = jann.index_factory(xb.shape[1], "HNSW16,SQ8,RFlat")
+    refined = jann.add(jann.train(refined, xb), xb)
+    assert recall(jann.search(refined, xq, K, ef=64, k_factor=2)[1], gt) >= 0.95
+
+
+def test_updates_keep_graph_connected_and_hide_removed(fmnist):
+    xb, xq = fmnist["base"][:3000], fmnist["queries"][:100]
+    index = jann.add(jann.index_factory(xb.shape[1], "HNSW8"), xb[:1500])
+    index = jann.add(index, xb[1500:2600])
+    index = jann.add(index, xb[2600:2603])  # a tiny add
+    assert all_reachable(index)
+    removed = np.arange(0, 2603, 7)
+    index, n = jann.remove_ids(index, removed)
+    assert n == len(removed) and jann.ntotal(index) == 2603 - len(removed)
+    index = jann.add(index, xb[2603:])
+    assert all_reachable(index)
+    _, ids = jann.search(index, xq, K, ef=64)
+    ids = np.asarray(ids)
+    assert not np.isin(ids, removed).any()
+    keep = np.setdiff1d(np.arange(3000), removed)
+    _, gt = exact_knn(xq, xb[keep], K)
+    assert recall(ids, keep[gt]) >= 0.9
+    with pytest.raises(jann.IdNotFoundError):
+        jann.reconstruct(index, [int(removed[3])])
+
+    compacted = jann.graph.compact(index)
+    assert jann.ntotal(compacted) == len(keep) and int(compacted.count) == len(keep)
+    assert all_reachable(compacted)
+    _, ids2 = jann.search(compacted, xq, K, ef=64)
+    assert not np.isin(np.asarray(ids2), removed).any()
+    assert recall(ids2, keep[gt]) >= 0.9
+    new = jann.add(compacted, xb[:2])  # sequential ids continue after the largest given
+    assert np.asarray(new.ids)[len(keep):len(keep) + 2].tolist() == [3000, 3001]
+
+
+def test_selector_filters_during_search(subset, hnsw16):
+    xb, xq, _ = subset
+    allowed = np.arange(1000, 1500)  # 10% of the rows
+    _, ids = jann.search(hnsw16, xq, K, ef=64, selector=jann.IDSelectorRange(1000, 1500))
+    ids = np.asarray(ids)
+    assert np.isin(ids[ids >= 0], allowed).all()
+    _, gt = exact_knn(xq, xb[allowed], K)
+    assert recall(ids, allowed[gt]) >= 0.8
+
+
+def test_reconstruct_and_idmap(subset):
+    xb = subset[0][:600]
+    index = jann.add(jann.index_factory(xb.shape[1], "IDMap,HNSW8"), xb,
+                     ids=np.arange(600) * 10 + 5)
+    np.testing.assert_array_equal(np.asarray(jann.reconstruct(index, [5, 55])), xb[[0, 5]])
+    _, ids = jann.search(index, xb[:20], 1, ef=32)
+    assert np.asarray(ids)[:, 0].tolist() == list(np.arange(20) * 10 + 5)
+
+
+def test_save_load_keeps_results(subset, hnsw16, tmp_path):
+    _, xq, _ = subset
+    before = jann.search(hnsw16, xq, K, ef=32)
+    jann.save(hnsw16, tmp_path / "g")
+    loaded = jann.load(tmp_path / "g")
+    after = jann.search(loaded, xq, K, ef=32)
+    np.testing.assert_array_equal(np.asarray(before[1]), np.asarray(after[1]))
+    np.testing.assert_array_equal(np.asarray(before[0]), np.asarray(after[0]))
+    assert loaded.describe() == "HNSW16"
+
+
+def test_search_inside_jit(subset, hnsw16):
+    _, xq, _ = subset
+    eager = jann.search(hnsw16, xq[:16], K, ef=32)[1]
+    jitted = jax.jit(lambda ix, q: jann.search(ix, q, K, ef=32))(hnsw16, xq[:16])[1]
+    np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted))
+
+
+def test_ef_below_k_is_clamped(subset, hnsw16):
+    _, xq, _ = subset
+    _, small = jann.search(hnsw16, xq, K, ef=2)
+    _, clamped = jann.search(hnsw16, xq, K, ef=K)
+    np.testing.assert_array_equal(np.asarray(small), np.asarray(clamped))
+    assert (np.asarray(small) >= 0).all()
+
+
+def test_bad_input(fmnist):
+    xb = fmnist["base"][:40]
+    index = jann.index_factory(xb.shape[1], "HNSW32")
+    with pytest.raises(jann.InvalidInputError, match="graph_degree"):
+        jann.add(index, xb)  # 40 rows cannot have 64 distinct neighbours
+    with pytest.raises(jann.InvalidInputError, match="graph_degree"):
+        jann.add(index, xb[:0])  # empty build set
+    D, ids = jann.search(index, xb[:3], 5)  # empty index: nothing found
+    assert (np.asarray(ids) == -1).all() and np.isinf(np.asarray(D)).all()
+    small = jann.add(jann.index_factory(xb.shape[1], "CAGRA8"), xb)
+    for bad in ({"ef": 0}, {"search_width": -1}, {"entry": "medoid"}, {"ef": 8, "efSearch": 9},
+                {"nprobe": 4}):
+        with pytest.raises(jann.InvalidInputError):
+            jann.search(small, xb[:2], 3, **bad)
+    with pytest.raises(jann.FactoryStringError):
+        jann.index_factory(16, "CAGRA16_8")  # intermediate < degree
+    with pytest.raises(jann.InvalidInputError):
+        jann.range_search(small, xb[:2], 1.0)
