@@ -138,3 +138,20 @@ def raise_for_status(status: int) -> None:
 
 def host_int(x) -> int:
     return int(np.asarray(x))
+
+
+class ListedRows:
+    """What every inverted-file index derives from its CSR storage (`payload` rows sorted
+    by list, `offsets` (nlist + 1)) and its configuration (`id_mode`, `description`)."""
+
+    @property
+    def nlist(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def capacity(self) -> int:
+        return self.payload.shape[0]
+
+    def describe(self) -> str:
+        prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
+        return prefix + self.description

@@ -82,13 +82,7 @@ class BinaryFlat(BinaryCodeStore):
         return _order_by_key_then_id(d, i, k)
 
     def reconstruct_core(self, ids):
-        if self.id_mode == "sequential":
-            rows = ids.astype(jnp.int32)
-            found = (ids >= 0) & (ids < self.count)
-        else:
-            rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype),
-                                              self.id_order)
-        out = self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))]
+        out, found = self.stored_rows(ids)
         return jnp.where(found[:, None], out, 0).astype(jnp.uint8), found
 
 
@@ -102,7 +96,7 @@ def binary_flat(d: int, id_mode: str = "sequential") -> BinaryFlat:
     data=("centroids", "payload", "ids", "offsets", "count", "status"),
     meta=("id_mode", "hash_bits", "is_trained", "description"))
 @dataclasses.dataclass(frozen=True)
-class BinaryIVF:
+class BinaryIVF(_storage.ListedRows):
     """Inverted lists of binary codes ("BIVF<nlist>"), or prefix buckets ("BHash<b>").
 
     centroids: (nlist, nbytes) uint8 (IVF; empty for the hash index).
@@ -147,18 +141,6 @@ class BinaryIVF:
     @property
     def d(self) -> int:
         return 8 * self.payload.shape[1]
-
-    @property
-    def nlist(self) -> int:
-        return self.offsets.shape[0] - 1
-
-    @property
-    def capacity(self) -> int:
-        return self.payload.shape[0]
-
-    def describe(self) -> str:
-        prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
-        return prefix + self.description
 
     def as_input(self, x, name):
         from jann._inputs import as_array

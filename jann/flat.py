@@ -155,15 +155,20 @@ class FlatIndex:
         return dataclasses.replace(self, vectors=vectors, sqnorms=sqnorms, ids=ids, count=count,
                                    id_order=self._order(ids, count)), jnp.sum(removed, dtype=jnp.int32)
 
-    def reconstruct_core(self, ids):
-        """Stored vectors (float32) of the given ids, and which ids were found."""
+    def stored_rows(self, ids):
+        """The stored rows (in their storage dtype) of the given ids, and which ids were
+        found (rows of ids not found are arbitrary)."""
         if self.id_mode == "sequential":
             rows = ids.astype(jnp.int32)
             found = (ids >= 0) & (ids < self.count)
         else:
             rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype),
                                               self.id_order)
-        out = self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))].astype(jnp.float32)
-        return jnp.where(found[:, None], out, jnp.nan), found
+        return self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))], found
+
+    def reconstruct_core(self, ids):
+        """Stored vectors (float32) of the given ids, and which ids were found."""
+        out, found = self.stored_rows(ids)
+        return jnp.where(found[:, None], out.astype(jnp.float32), jnp.nan), found
 
 

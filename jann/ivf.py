@@ -96,7 +96,7 @@ def _code_struct(codec, d: int):
     data=("quantizer", "codec", "payload", "norms", "ids", "offsets", "count", "status"),
     meta=("metric", "id_mode", "by_residual", "exhaustive", "is_trained", "description"))
 @dataclasses.dataclass(frozen=True)
-class IVFIndex:
+class IVFIndex(_storage.ListedRows):
     """Inverted-file index. Array fields are leaves; configuration is static.
 
     quantizer: FlatIndex of the nlist centroids (empty until trained).
@@ -144,18 +144,6 @@ class IVFIndex:
     @property
     def d(self) -> int:
         return self.quantizer.d
-
-    @property
-    def nlist(self) -> int:
-        return self.offsets.shape[0] - 1
-
-    @property
-    def capacity(self) -> int:
-        return self.payload.shape[0]
-
-    def describe(self) -> str:
-        prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
-        return prefix + self.description
 
     def grown(self, capacity: int) -> "IVFIndex":
         return dataclasses.replace(
