@@ -128,6 +128,11 @@ class FlatIndex:
         live = self.live()
         return live if selector is None else live & selector(self.ids)
 
+    def _selected(self, selector):
+        """Rows the selector allows among all `capacity` slots (None: all); searches pair
+        it with n_rows=count, so empty slots are skipped whole tiles at a time."""
+        return None if selector is None else selector(self.ids)
+
     def _row_ids(self, rows):
         if self.capacity == 0:
             return jnp.full(rows.shape, -1, self.ids.dtype)
@@ -136,7 +141,8 @@ class FlatIndex:
     def search_core(self, xq, k: int, selector=None, backend: str = "auto"):
         distances, rows = knn_search(
             self.prepare_queries(xq), self.vectors, k, self.metric, self.metric_arg,
-            xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector), backend=backend)
+            xb_sqnorms=self.sqnorms, xb_valid=self._selected(selector), n_rows=self.count,
+            backend=backend)
         return distances, self._row_ids(rows)
 
     def range_core(self, xq, radius, capacity: int, selector=None):

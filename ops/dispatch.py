@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from .errors import InvalidInputError
 from .hamming import knn_hamming_scan
@@ -62,21 +63,25 @@ def _choose(kernel: str, backend: str, xla_fn, pallas_fn, *args):
 
 
 def knn_search(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
-               xb_valid=None, backend: str = "auto"):
+               xb_valid=None, n_rows=None, backend: str = "auto"):
     """`knn.knn_scan`'s contract (same arguments and results) on the chosen backend.
     Metrics other than l2 / ip / cosine always take the XLA path."""
     kernel_metric = _KERNEL_METRICS.get(metric)
     if kernel_metric is None:
         backend = "xla"
 
-    def xla(xq, xb, xb_sqnorms, xb_valid):
-        return knn_scan(xq, xb, k, metric, p, xb_sqnorms=xb_sqnorms, xb_valid=xb_valid)
+    def xla(xq, xb, xb_sqnorms, xb_valid, n_rows):
+        return knn_scan(xq, xb, k, metric, p, xb_sqnorms=xb_sqnorms, xb_valid=xb_valid,
+                        n_rows=n_rows)
 
-    def pallas(xq, xb, xb_sqnorms, xb_valid, interpret):
+    def pallas(xq, xb, xb_sqnorms, xb_valid, n_rows, interpret):
+        if n_rows is not None:  # the kernel takes the existing rows as part of its mask
+            exists = jnp.arange(xb.shape[0], dtype=jnp.int32) < n_rows
+            xb_valid = exists if xb_valid is None else xb_valid & exists
         return knn_pallas(xq, xb, k, kernel_metric, xb_sqnorms=xb_sqnorms,
                           xb_valid=xb_valid, interpret=interpret)
 
-    return _choose("knn", backend, xla, pallas, xq, xb, xb_sqnorms, xb_valid)
+    return _choose("knn", backend, xla, pallas, xq, xb, xb_sqnorms, xb_valid, n_rows)
 
 
 def hamming_search(xq_codes, xb_codes, k: int, *, xb_valid=None, backend: str = "auto"):

@@ -1,9 +1,10 @@
 """Exact k-nearest-neighbour search that streams the database in tiles.
 
-The database is cut into tiles; for each block of queries a `lax.scan` walks the tiles,
-computes one (query_block, tile) score matrix, selects its k best with the two-stage
-selection of `topk.smallest_k`, and merges them into a running top-k. The (nq, N) matrix
-is never materialised: peak extra memory is query_block * tile floats, whatever N is.
+The database is cut into tiles; a `lax.scan` walks the tiles and, for each block of
+queries, computes one (query_block, tile) score matrix and merges its entries into the
+block's running top-k (`topk.merge_smallest_blocks`: only blocks of scores that beat a
+query's current k-th value are looked at). The (nq, N) matrix is never materialised:
+peak extra memory is query_block * tile floats, whatever N is.
 
 This is the XLA path every backend can run; `knn_reference` (full matrix, `lax.top_k`)
 is its test oracle.
@@ -15,15 +16,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .distances import (
     broadcast_rows, dot, canonical_metric, is_similarity, normalize_L2,
     pairwise_distances_reference, pairwise_scores, squared_norms)
 from .errors import InvalidInputError
-from .topk import check_k, merge_smallest, smallest_k
+from .topk import (
+    blockwise_merge_applies, check_k, merge_smallest, merge_smallest_blocks, smallest_k)
 
 __all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
-           "streamed_top_k"]
+           "scan_tiles", "streamed_top_k"]
 
 # Matmul metrics: (512, 4096) score blocks (8 MiB) measured fastest on Fashion-MNIST
 # among tiles 2048-16384 x query blocks 512-2048 (2 cores; within ~8% of each other).
@@ -45,24 +48,45 @@ def plan_tiles(n: int, d: int, metric: str) -> tuple[int, int]:
     return tile, query_block
 
 
-def _pad_rows(x, n_to, value=0):
-    n = x.shape[0]
-    if n == n_to:
-        return x
-    return jnp.pad(x, [(0, n_to - n)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+def scan_tiles(step, carry, row_arrays, tile: int, n_rows=None):
+    """Walk the rows of `row_arrays` (arrays with the same leading length N, or None) one
+    tile at a time: carry = step(carry, start, fresh, *tiles), where tiles are the rows
+    [start, start + tile) of each array and fresh is the (tile,) bool mask of rows this
+    tile contributes (None when it contributes all of them).
 
+    The last tile ends at row N, overlapping its predecessor, instead of padding a copy of
+    the database to whole tiles (on Fashion-MNIST that copy was 4% of a Flat search); the
+    rows it re-reads are not fresh. n_rows: traced count of leading rows that exist; rows
+    past it are not fresh and tiles that start past it are not computed (an index with
+    capacity 65536 holding 60000 rows skips its last tile).
+    """
+    n = next(a for a in row_arrays if a is not None).shape[0]
+    if n == 0:
+        return carry
+    tile = min(tile, n)
+    ragged = n % tile != 0
 
-def tiled(xb, xb_sqnorms, xb_valid, tile):
-    """The database as (n_tiles, tile, ...) stacks, padded rows marked invalid."""
-    n = xb.shape[0]
-    n_tiles = max(1, -(-n // tile))
-    n_pad = n_tiles * tile
-    if xb_valid is None and n_pad != n:
-        xb_valid = jnp.ones((n,), bool)
-    xb = _pad_rows(xb, n_pad).reshape(n_tiles, tile, -1)
-    norms = None if xb_sqnorms is None else _pad_rows(xb_sqnorms, n_pad).reshape(n_tiles, tile)
-    valid = None if xb_valid is None else _pad_rows(xb_valid, n_pad, False).reshape(n_tiles, tile)
-    return xb, norms, valid
+    def body(carry, i):
+        begin = i * tile
+        start = jnp.minimum(begin, n - tile)
+
+        def compute(carry):
+            tiles = [None if a is None else jax.lax.dynamic_slice_in_dim(a, start, tile)
+                     for a in row_arrays]
+            fresh = None
+            if ragged or n_rows is not None:
+                rows = start + jnp.arange(tile, dtype=jnp.int32)
+                fresh = rows >= begin if ragged else jnp.ones((tile,), bool)
+                if n_rows is not None:
+                    fresh &= rows < n_rows
+            return step(carry, start, fresh, *tiles)
+
+        if n_rows is None:
+            return compute(carry), None
+        return jax.lax.cond(begin < n_rows, compute, lambda c: c, carry), None
+
+    carry, _ = jax.lax.scan(body, carry, jnp.arange(-(-n // tile), dtype=jnp.int32))
+    return carry
 
 
 def map_query_blocks(fn, xq, query_block):
@@ -91,71 +115,103 @@ def map_query_blocks(fn, xq, query_block):
     return jax.lax.fori_loop(0, n_blocks, body, out)
 
 
-def running_top_k(q, tile_stacks, tile: int, k: int, keyed_tile):
-    """Scan database tiles keeping each query's k smallest keys: the streaming loop shared
-    by every exact search. `keyed_tile(q, *one_tile)` gives the (nq, tile) keys of one
-    tile (+inf for rows that may not be returned), or (scores, bias): keys scores + bias
-    with bias (tile,), left unsummed for `smallest_k` to fuse. Returns (keys, rows)
-    (nq, k), ascending, +inf / -1 past the rows that exist."""
-    take = min(k, tile)
-    n_tiles = next(t for t in tile_stacks if t is not None).shape[0]
+def running_top_k(q, row_arrays, tile: int, query_block: int, k: int, keyed_tile, *,
+                  n_rows=None):
+    """Each query's k smallest keys over the database rows: the streaming loop shared by
+    every exact search.
 
-    def step(carry, inputs):
-        start, *one_tile = inputs
-        keyed = keyed_tile(q, *one_tile)
-        scores, bias = keyed if isinstance(keyed, tuple) else (keyed, None)
-        values, cols = smallest_k(scores, take, bias)
-        return merge_smallest(*carry, values, cols + start, k), None
+    Database tiles are the outer loop (`scan_tiles`) and query blocks the inner one, so a
+    tile is sliced (a copy) once per call rather than once per query block. q: the queries
+    (nq, ...) or a pytree of arrays with nq rows; row_arrays: per-row database arrays (N,
+    ...) or None. `keyed_tile(q_block, *tiles)` gives the (query_block, tile) keys of one
+    tile (+inf for rows that may not be returned, NaN-free), or (scores, bias): keys
+    scores + bias with bias (tile,), left unsummed so the selection fuses it. Returns
+    (keys, rows) (nq, k), ascending, +inf / -1 where fewer than k rows qualify.
+    """
+    nq = jax.tree.leaves(q)[0].shape[0]
+    n = next(a for a in row_arrays if a is not None).shape[0]
+    init = (jnp.full((nq, k), jnp.inf, jnp.float32), jnp.full((nq, k), -1, jnp.int32))
+    if nq == 0 or n == 0:
+        return init
+    tile, block = min(tile, n), min(query_block, nq)
+    n_blocks = -(-nq // block)
 
-    init = (jnp.full((q.shape[0], k), jnp.inf, jnp.float32),
-            jnp.full((q.shape[0], k), -1, jnp.int32))
-    starts = jnp.arange(n_tiles, dtype=jnp.int32) * tile
-    (values, rows), _ = jax.lax.scan(step, init, (starts, *tile_stacks))
-    return values, rows
+    if blockwise_merge_applies(k, tile):
+        merge = merge_smallest_blocks
+    else:
+        def merge(values, rows, scores, bias, start):
+            best, cols = smallest_k(scores, min(k, tile), bias)
+            return merge_smallest(values, rows, best, cols + start, k)
+
+    def tile_step(carry, start, fresh, *tiles):
+        def block_step(j, carry):
+            # The last block ends at row nq, overlapping its predecessor, whose rows keep
+            # what they had (merging a tile twice would duplicate its entries).
+            first = jnp.minimum(j * block, nq - block)
+            q_block = jax.tree.map(
+                lambda a: jax.lax.dynamic_slice_in_dim(a, first, block), q)
+            old = [jax.lax.dynamic_slice_in_dim(a, first, block) for a in carry]
+            keyed = keyed_tile(q_block, *tiles)
+            scores, bias = keyed if isinstance(keyed, tuple) else (keyed, None)
+            if bias is None:
+                bias = jnp.zeros((scores.shape[1],), scores.dtype)
+            if fresh is not None:
+                bias = jnp.where(fresh, bias, jnp.inf)
+            new = merge(*old, scores, bias, start)
+            if nq % block:
+                kept = first + jnp.arange(block) < j * block
+                new = [jnp.where(kept[:, None], o, m) for o, m in zip(old, new)]
+            return tuple(jax.lax.dynamic_update_slice_in_dim(a, m, first, 0)
+                         for a, m in zip(carry, new))
+
+        return jax.lax.fori_loop(0, n_blocks, block_step, carry)
+
+    return scan_tiles(tile_step, init, row_arrays, tile, n_rows)
 
 
 def streamed_top_k(q, base, k: int, tile: int, query_block: int, keys_of_tile, *,
                    base_valid=None):
-    """Each row of q's k smallest keys over the rows of base, streamed: `running_top_k`
-    over tiles of base for each block of queries. `keys_of_tile(q_block, base_tile)`
-    gives the (query_block, tile) keys (NaN-free); rows outside base_valid (N,) never
-    come back. For searches with no per-tile data beyond base (Hamming codes, PQ codes).
-    Returns (keys, rows) (nq, k), ascending, +inf / -1 where fewer than k rows qualify."""
-    base_tiles, _, valid_tiles = tiled(base, None, base_valid, tile)
-
+    """Each row of q's k smallest keys over the rows of base, streamed (`running_top_k`).
+    `keys_of_tile(q_block, base_tile)` gives the (query_block, tile) keys (NaN-free); rows
+    outside base_valid (N,) never come back. For searches with no per-tile data beyond
+    base (Hamming codes, PQ codes). Returns (keys, rows) (nq, k), ascending, +inf / -1
+    where fewer than k rows qualify."""
     def keyed_tile(q_block, base_tile, valid_tile):
         keys = keys_of_tile(q_block, base_tile)
         if valid_tile is None:
             return keys
         return keys, jnp.where(valid_tile, 0.0, jnp.inf)
 
-    def search_block(q_block):
-        return running_top_k(q_block, (base_tiles, valid_tiles), tile, k, keyed_tile)
-
-    return map_query_blocks(search_block, q, query_block)
+    return running_top_k(q, (base, base_valid), tile, query_block, k, keyed_tile)
 
 
 def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
-             xb_valid=None, tile: int | None = None, query_block: int | None = None):
+             xb_valid=None, n_rows=None, tile: int | None = None,
+             query_block: int | None = None):
     """k best rows of xb for each row of xq; traceable, no validation.
 
     metric must be canonical (cosine inputs already normalised). xb_sqnorms: cached
     squared norms for l2. xb_valid: (N,) bool, rows that may be returned (the rest are
-    skipped: empty slots, filtered ids). Returns distances (nq, k) float32 and row
-    positions (nq, k) int32, -1 / +inf (-inf for similarities) where fewer than k rows
-    qualify.
+    skipped: empty slots, filtered ids). n_rows: traced count of leading rows of xb that
+    exist (the rest are skipped, and their tiles not computed). Returns distances
+    (nq, k) float32 and row positions (nq, k) int32, -1 / +inf (-inf for similarities)
+    where fewer than k rows qualify.
+
+    Distances are differentiable with respect to xq and xb (rows are not): the selection
+    loops are not, so the derivative is that of the metric at the rows found.
     """
-    nq, d = xq.shape
+    auto_tile, auto_block = plan_tiles(xb.shape[0], xq.shape[1], metric)
+    return _knn_scan(xq, xb, xb_sqnorms, xb_valid, n_rows, k, metric, float(p),
+                     tile or auto_tile, query_block or auto_block)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _knn_scan(xq, xb, xb_sqnorms, xb_valid, n_rows, k, metric, p, tile, query_block):
     similarity = is_similarity(metric)
-    auto_tile, auto_block = plan_tiles(xb.shape[0], d, metric)
-    tile = tile or auto_tile
-    query_block = query_block or auto_block
-    tiles, norm_tiles, valid_tiles = tiled(xb, xb_sqnorms, xb_valid, tile)
 
     def keyed_tile(q, x_tile, norm_tile, valid_tile):
         if metric in _RANK_BY_DOT:
-            return _dot_keyed(q * _DOT_KEY_SCALE[metric], x_tile, norm_tile, valid_tile,
-                              metric)
+            return _dot_keyed(q, x_tile, norm_tile, valid_tile, metric)
         scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
         keyed = -scores if similarity else scores
         keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
@@ -163,22 +219,37 @@ def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
             keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
         return keyed
 
-    def search_block(q):
-        return running_top_k(q, (tiles, norm_tiles, valid_tiles), tile, k, keyed_tile)
-
-    values, rows = map_query_blocks(search_block, xq, query_block)
+    q = xq * _DOT_KEY_SCALE[metric] if metric in _RANK_BY_DOT else xq
+    values, rows = running_top_k(q, (xb, xb_sqnorms, xb_valid), tile, query_block, k,
+                                 keyed_tile, n_rows=n_rows)
     rows = jnp.where(jnp.isinf(values) & (values > 0), -1, rows)
     if metric == "l2":  # the per-query constant _dot_keyed left out
         values = jnp.maximum(values + squared_norms(xq)[:, None], 0.0)
     return (-values if similarity else values), rows
 
 
+@_knn_scan.defjvp
+def _knn_scan_jvp(k, metric, p, tile, query_block, primals, tangents):
+    xq, xb = primals[:2]
+    values, rows = _knn_scan(*primals, k, metric, p, tile, query_block)
+    found = rows >= 0
+    safe_rows = jnp.where(found, rows, 0)
+
+    def distances_at_rows(xq, xb):
+        return jax.vmap(lambda q, nbrs: pairwise_scores(q[None], nbrs, metric, p)[0])(
+            xq, xb[safe_rows])
+
+    _, d_values = jax.jvp(distances_at_rows, (xq, xb), tuple(tangents[:2]))
+    return (values, rows), (jnp.where(found, d_values, 0.0),
+                            np.zeros(rows.shape, jax.dtypes.float0))
+
+
 # Metrics ranked by one matmul plus a per-row bias: the inner loop then makes a single
 # elementwise pass over the (query_block, tile) block instead of four (norms, clamp, NaN,
 # validity), which measured ~15% of the Flat search time on Fashion-MNIST.
 _RANK_BY_DOT = frozenset({"l2", "ip", "cosine"})
-# Keys are ||x||^2 - 2 q.x (l2) or -q.x: the factor goes on the queries, once per query
-# block, not on every score; powers of two scale exactly, so the keys are unchanged.
+# Keys are ||x||^2 - 2 q.x (l2) or -q.x: the factor goes on the queries, once per
+# search, not on every score; powers of two scale exactly, so the keys are unchanged.
 _DOT_KEY_SCALE = {"l2": -2.0, "ip": -1.0, "cosine": -1.0}
 
 

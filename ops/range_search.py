@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .distances import is_similarity, pairwise_scores
-from .knn import map_query_blocks, plan_tiles, tiled
+from .knn import map_query_blocks, plan_tiles, scan_tiles
 
 __all__ = ["range_scan"]
 
@@ -28,7 +28,6 @@ def range_scan(xq, xb, radius, capacity: int, metric: str, p: float = 2.0, *,
     nq, d = xq.shape
     similarity = is_similarity(metric)
     tile, query_block = plan_tiles(xb.shape[0], d, metric)
-    tiles, norm_tiles, valid_tiles = tiled(xb, xb_sqnorms, xb_valid, tile)
     radius = jnp.asarray(radius, jnp.float32)
     fill = -jnp.inf if similarity else jnp.inf
 
@@ -36,24 +35,22 @@ def range_scan(xq, xb, radius, capacity: int, metric: str, p: float = 2.0, *,
         nb = q.shape[0]
         rows_idx = jnp.arange(nb)[:, None]
 
-        def step(carry, inputs):
+        def step(carry, start, fresh, x_tile, norm_tile, valid_tile):
             counts, dist, ids = carry
-            start, x_tile, norm_tile, valid_tile = inputs
             scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
             hit = scores > radius if similarity else scores < radius
-            if valid_tile is not None:
-                hit &= valid_tile[None, :]
+            for mask in (valid_tile, fresh):
+                if mask is not None:
+                    hit &= mask[None, :]
             slot = counts[:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
             slot = jnp.where(hit, slot, capacity)  # out of range: dropped
-            cols = jnp.arange(tile, dtype=jnp.int32)[None, :] + start
+            cols = jnp.arange(x_tile.shape[0], dtype=jnp.int32)[None, :] + start
             dist = dist.at[rows_idx, slot].set(scores, mode="drop")
             ids = ids.at[rows_idx, slot].set(jnp.broadcast_to(cols, hit.shape), mode="drop")
-            return (counts + jnp.sum(hit, axis=1, dtype=jnp.int32), dist, ids), None
+            return counts + jnp.sum(hit, axis=1, dtype=jnp.int32), dist, ids
 
         init = (jnp.zeros((nb,), jnp.int32), jnp.full((nb, capacity), fill, jnp.float32),
                 jnp.full((nb, capacity), -1, jnp.int32))
-        starts = jnp.arange(tiles.shape[0], dtype=jnp.int32) * tile
-        out, _ = jax.lax.scan(step, init, (starts, tiles, norm_tiles, valid_tiles))
-        return out
+        return scan_tiles(step, init, (xb, xb_sqnorms, xb_valid), tile)
 
     return map_query_blocks(search_block, xq, query_block)

@@ -22,11 +22,15 @@ import numpy as np
 from .errors import InvalidInputError
 
 __all__ = ["check_k", "kmin", "kmax", "smallest_k", "smallest_k_padded", "merge_smallest",
-           "merge_knn_results"]
+           "merge_smallest_blocks", "blockwise_merge_applies", "merge_knn_results"]
 
 # Block width of the two-stage selection; rows shorter than 4 blocks per wanted entry go
 # straight to top_k, where the first stage would not pay.
 _BLOCK = 32
+# `merge_smallest_blocks` gathers k blocks per round; past this many rounds (the first
+# tiles of a scan, when most blocks still beat the running k-th value) one selection of
+# the k best blocks is cheaper.
+_MAX_ROUNDS = 2
 
 
 def _top_k_smallest(x: jax.Array, k: int):
@@ -69,6 +73,70 @@ def merge_smallest(values_a, idx_a, values_b, idx_b, k: int):
     idx = jnp.concatenate([idx_a, idx_b], axis=-1)
     best, pos = _top_k_smallest(values, k)
     return best, jnp.take_along_axis(idx, pos, axis=-1)
+
+
+def blockwise_merge_applies(k: int, n: int) -> bool:
+    """Whether `merge_smallest_blocks` takes rows of length n for this k (else merge the
+    output of `smallest_k`)."""
+    return k > 1 and n % _BLOCK == 0 and n // _BLOCK >= 4 * k
+
+
+def merge_smallest_blocks(values, idx, x, bias, offset):
+    """Merge the entries of x (..., n) + bias (n,) into a running top-k: the k smallest of
+    (values, idx) (..., k, ascending) and of x, whose columns are numbered from offset.
+    The running entries win ties, as with `merge_smallest` of `smallest_k`'s result.
+
+    A scan over database tiles spends most of its selection time on tiles that change
+    few of the running k entries. So x is cut into blocks; only blocks whose minimum beats
+    the row's current k-th value can contribute, and those are gathered k blocks per round
+    (in column order) and merged, instead of selecting among every block. When a row has
+    more such blocks than a few rounds take (the first tiles), the k blocks with the
+    smallest minima are gathered instead, as `smallest_k` does. Both are exact. NaN must
+    already be mapped to +inf; requires `blockwise_merge_applies(k, n)`.
+    """
+    k, n = values.shape[-1], x.shape[-1]
+    n_blocks = n // _BLOCK
+    lead = x.shape[:-1]
+    blocks = x.reshape(*lead, n_blocks, _BLOCK)
+    bias_blocks = bias.reshape(n_blocks, _BLOCK)
+    minima = jnp.min(blocks + bias_blocks, axis=-1)
+    block_cols = jnp.arange(_BLOCK, dtype=jnp.int32)
+
+    def merge_blocks(values, idx, picked, present):
+        """Merge the blocks `picked` (..., m), ascending, where `present`."""
+        m = picked.shape[-1]
+        cand = (jnp.take_along_axis(blocks, picked[..., None], axis=-2)
+                + bias_blocks[picked])
+        cand = jnp.where(present[..., None], cand, jnp.inf).reshape(*lead, m * _BLOCK)
+        cols = (picked[..., None] * _BLOCK + block_cols).reshape(*lead, m * _BLOCK) + offset
+        return merge_smallest(values, idx, cand, cols, k)
+
+    def best_blocks(values, idx):
+        _, picked = _top_k_smallest(minima, k)
+        picked = jnp.sort(picked, axis=-1)  # column order keeps ties as top_k has them
+        return merge_blocks(values, idx, picked, jnp.ones(picked.shape, bool))
+
+    slots = jnp.arange(k, dtype=jnp.int32)
+
+    def next_round(state):
+        values, idx, hits = state
+        # (associative_scan: XLA's CPU cumsum is a reduce-window, 2.4x slower here)
+        seen = jax.lax.associative_scan(jnp.add, hits.astype(jnp.int32), axis=-1)
+        # The j-th hit (j < k) is at the number of blocks with fewer than j + 1 hits
+        # up to them; n_blocks where a row has no j-th hit.
+        picked = jnp.sum(seen[..., :, None] <= slots, axis=-2, dtype=jnp.int32)
+        present = picked < n_blocks
+        values, idx = merge_blocks(values, idx, jnp.minimum(picked, n_blocks - 1), present)
+        return values, idx, hits & (seen > k) & (minima < values[..., -1:])
+
+    def hit_blocks(values, idx):
+        hits = minima < values[..., -1:]
+        values, idx, _ = jax.lax.while_loop(lambda state: jnp.any(state[2]), next_round,
+                                            (values, idx, hits))
+        return values, idx
+
+    most_hits = jnp.max(jnp.sum(minima < values[..., -1:], axis=-1, dtype=jnp.int32))
+    return jax.lax.cond(most_hits > _MAX_ROUNDS * k, best_blocks, hit_blocks, values, idx)
 
 
 def check_k(k) -> int:

@@ -1,6 +1,7 @@
 """jann.ops against numpy float64 oracles and faiss-cpu."""
 
 import faiss
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,7 +86,8 @@ def test_knn_exact_for_every_metric(metric, rng):
 
 
 @pytest.mark.parametrize("n,k,tile", [(1000, 10, 128), (1000, 300, 128), (77, 100, 16),
-                                      (5000, 1, 4096), (4097, 5, 4096)])
+                                      (5000, 1, 4096), (4097, 5, 4096), (5000, 10, 1280),
+                                      (3000, 3, 1024)])
 def test_knn_scan_tiling_edges(n, k, tile, rng):
     """Ragged last tile, k > tile, k > n: the streamed scan equals the full-matrix oracle."""
     xq = rng.standard_normal((33, 8)).astype(np.float32)
@@ -95,6 +97,57 @@ def test_knn_scan_tiling_edges(n, k, tile, rng):
     assert_knn_equal(D, I, ref_d, ref_i)
     D2, I2 = ops.knn_reference(xq, xb, k)
     assert_knn_equal(D2, I2, ref_d, ref_i)
+
+
+@pytest.mark.parametrize("start", ["empty", "full"])
+def test_blockwise_merge_equals_select_then_merge_with_ties(start, rng):
+    """`merge_smallest_blocks` (threshold rounds, or the k best blocks when most blocks
+    beat the running k-th value) gives exactly what selecting then merging gives, ties
+    included: running entries first, then lower columns."""
+    k, n = 10, 1280
+    for _ in range(10):
+        x = jnp.asarray(rng.integers(0, 40, (9, n)).astype(np.float32))
+        bias = jnp.asarray(rng.integers(0, 4, n).astype(np.float32))
+        if start == "empty":
+            values = jnp.full((9, k), jnp.inf)
+        else:
+            values = jnp.asarray(np.sort(rng.integers(0, 25, (9, k)), 1).astype(np.float32))
+        idx = jnp.asarray(rng.integers(-9, 0, (9, k)).astype(np.int32))
+        got = ops.topk.merge_smallest_blocks(values, idx, x, bias, 100)
+        best, cols = ops.smallest_k(x, k, bias)
+        want = ops.topk.merge_smallest(values, idx, best, cols + 100, k)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+def test_knn_scan_skips_rows_past_n_rows_inside_jit(rng):
+    """n_rows (a traced count) limits the search to the leading rows, as a Flat index's
+    count does; tiles past it are not computed."""
+    xq = rng.standard_normal((40, 8)).astype(np.float32)
+    xb = rng.standard_normal((6000, 8)).astype(np.float32)
+    scan = jax.jit(lambda xq, xb, n: ops.knn_scan(xq, xb, 10, "l2", n_rows=n, tile=1280,
+                                                 query_block=16))
+    for count in (0, 7, 1280, 3001, 6000):
+        D, I = scan(xq, xb, jnp.int32(count))
+        ref_d, ref_i = oracle_knn(xq, xb[:count], 10, "l2")
+        assert_knn_equal(D, I, ref_d, ref_i)
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1"])
+def test_knn_distances_differentiable_wrt_database(metric, rng):
+    """Distances are differentiable in the database vectors too (the selection is not):
+    the gradient is the metric's at the rows found."""
+    xq = rng.standard_normal((5, 6)).astype(np.float32)
+    xb = rng.standard_normal((300, 6)).astype(np.float32)
+    _, I = ops.knn_scan(jnp.asarray(xq), jnp.asarray(xb), 4, metric)
+    grad = jax.grad(lambda b: jnp.sum(ops.knn_scan(jnp.asarray(xq), b, 4, metric)[0]))(
+        jnp.asarray(xb))
+    want = np.zeros_like(xb)
+    for q, rows in zip(xq, np.asarray(I)):
+        for r in rows:
+            diff = xb[r] - q
+            want[r] += 2 * diff if metric == "l2" else np.sign(diff)
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-4, atol=1e-4)
 
 
 def test_knn_on_real_data_equals_ground_truth(fmnist):
