@@ -211,7 +211,8 @@ def _knn_scan(xq, xb, xb_sqnorms, xb_valid, n_rows, k, metric, p, tile, query_bl
 
     def keyed_tile(q, x_tile, norm_tile, valid_tile):
         if metric in _RANK_BY_DOT:
-            return _dot_keyed(q, x_tile, norm_tile, valid_tile, metric)
+            return _dot_keyed(q * _DOT_KEY_SCALE[metric], x_tile, norm_tile, valid_tile,
+                              metric)
         scores = pairwise_scores(q, x_tile, metric, p, y_sqnorms=norm_tile)
         keyed = -scores if similarity else scores
         keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
@@ -219,8 +220,7 @@ def _knn_scan(xq, xb, xb_sqnorms, xb_valid, n_rows, k, metric, p, tile, query_bl
             keyed = jnp.where(valid_tile[None, :], keyed, jnp.inf)
         return keyed
 
-    q = xq * _DOT_KEY_SCALE[metric] if metric in _RANK_BY_DOT else xq
-    values, rows = running_top_k(q, (xb, xb_sqnorms, xb_valid), tile, query_block, k,
+    values, rows = running_top_k(xq, (xb, xb_sqnorms, xb_valid), tile, query_block, k,
                                  keyed_tile, n_rows=n_rows)
     rows = jnp.where(jnp.isinf(values) & (values > 0), -1, rows)
     if metric == "l2":  # the per-query constant _dot_keyed left out
@@ -248,8 +248,9 @@ def _knn_scan_jvp(k, metric, p, tile, query_block, primals, tangents):
 # elementwise pass over the (query_block, tile) block instead of four (norms, clamp, NaN,
 # validity), which measured ~15% of the Flat search time on Fashion-MNIST.
 _RANK_BY_DOT = frozenset({"l2", "ip", "cosine"})
-# Keys are ||x||^2 - 2 q.x (l2) or -q.x: the factor goes on the queries, once per
-# search, not on every score; powers of two scale exactly, so the keys are unchanged.
+# Keys are ||x||^2 - 2 q.x (l2) or -q.x: the factor goes on each block of queries, not
+# on every score (nor on a whole copy of the queries: k-means passes 1M points); powers
+# of two scale exactly, so the keys are unchanged.
 _DOT_KEY_SCALE = {"l2": -2.0, "ip": -1.0, "cosine": -1.0}
 
 
