@@ -37,7 +37,7 @@ __all__ = [
 # Query batches are padded up to one of these sizes; larger batches run in chunks of the
 # largest. Adds are padded the same way, with coarser sizes (an add of 1 row writes a
 # 1024-row bucket, which is cheap, and keeps compiles to 3 per capacity).
-QUERY_BUCKETS = (16, 64, 256, 1024, 4096)
+QUERY_BUCKETS = (16, 64, 256, 1024, 4096, 8192, 16384)
 ADD_BUCKETS = (1024, 4096, 16384)
 # Range search result buffers hold at most this many (query, match) slots per call.
 RANGE_SLOTS = 1 << 24
@@ -69,11 +69,13 @@ def _chunks(n: int, size: int):
 def _bucketed_chunks(n: int, buckets=QUERY_BUCKETS, padding_is_free: bool = False):
     """(start, stop, padded size) covering n rows: whole buckets, largest first, then the
     rest. By default the rest is cut into whole smaller buckets plus one padded one, so a
-    10000-query batch runs as 4096 + 4096 + 1024 + 256 + 256 + 256 + 16 instead of three
-    4096s (23% padding): padded rows cost an exact search as much as real ones. An index
-    whose search skips padded rows (`skips_padded_queries`: IVF probes no list for them)
-    takes the rest as one padded bucket instead, as each call has a cost of its own (the
-    list-major scan reads every probed list once per call)."""
+    10000-query batch runs as 8192 + 1024 + 256 + 256 + 256 + 16 instead of 16384 (39%
+    padding): padded rows cost an exact search as much as real ones. An index whose
+    search skips padded rows (`skips_padded_queries`: IVF probes no list for them) takes
+    the rest as one padded bucket instead, as each call has a cost of its own (the
+    list-major scan reads every probed list once per call: IVF1024,PQ56,RFlat on
+    Fashion-MNIST, 10k queries, nprobe 8, k_factor 4 took 1.41 s as 4096 + 4096 + 4096
+    and 1.05 s as one 16384)."""
     out, start = [], 0
     while n - start > 0:
         left = n - start

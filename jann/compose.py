@@ -180,7 +180,7 @@ class RefineIndex(_Delegating):
             raise InvalidInputError(f"k_factor must be a number >= 1, got {k_factor!r}")
         return {**out, "k_factor": float(k_factor)}
 
-    def _rescore(self, xq, cand_ids):
+    def _rescore(self, xq, cand_ids, n_queries=None):
         """Exact scores of each query's candidates, a few queries at a time: the gathered
         (queries, candidates, d) vectors then stay in cache and XLA fuses the gather into
         the reduction (10k queries x 40 candidates on Fashion-MNIST: 0.25 s of CPU against
@@ -200,12 +200,13 @@ class RefineIndex(_Delegating):
             return scores, found.reshape(cand.shape) & (cand >= 0)
 
         q = self.refine.prepare_queries(xq)
-        return map_query_blocks(block, (q, cand_ids), RESCORE_QUERY_BLOCK)
+        return map_query_blocks(block, (q, cand_ids), RESCORE_QUERY_BLOCK, n_queries)
 
     def search_core(self, xq, k, selector=None, k_factor=1.0, **params):
         kk = max(k, int(round(k * k_factor)))
         _, cand = self.base.search_core(xq, kk, selector, **params)
-        scores, ok = self._rescore(xq.astype(jnp.float32), cand)
+        # Padded query rows (n_queries given) got no candidates: not rescored.
+        scores, ok = self._rescore(xq.astype(jnp.float32), cand, params.get("n_queries"))
         similarity = dist_ops.is_similarity(self.base.metric)
         keyed = jnp.where(ok, -scores if similarity else scores, jnp.inf)
         values, cols = smallest_k_padded(keyed, k)

@@ -68,7 +68,8 @@ from jann.ops import hamming
 from jann.ops.knn import knn_scan, map_query_blocks
 from jann.ops.topk import smallest_k_padded
 
-__all__ = ["EXACT_BUILD_MAX", "GraphIndex", "compact", "reachable"]
+__all__ = ["EXACT_BUILD_MAX", "GraphIndex", "build", "compact", "emptied", "live_rows",
+           "reachable"]
 
 # Up to this capacity an add finds its candidates by exact k-NN over every stored row
 # (O(n) per added row); above it, by searching the graph built so far.
@@ -737,22 +738,32 @@ def compact(index, *, verbose: bool = False):
     storage is rebuilt from the decoded rows (codes decode and re-encode to themselves
     for SQ and PQ)."""
     inner = _graph_of(index)
-    live = np.asarray(inner.live() & ~inner.deleted)
-    rows = np.flatnonzero(live)
-    fresh = dataclasses.replace(
-        GraphIndex.create(inner.d, inner.graph_degree, inner.intermediate_degree,
-                          inner.codec, metric=inner.metric, id_mode="idmap",
-                          binary=inner.binary, description=inner.description,
-                          key=jax.random.wrap_key_data(inner.rng)))
-    if rows.size:
-        if inner.binary:
-            vectors = np.asarray(inner.payload)[rows]
-        else:
-            vectors = np.asarray(inner.codec.decode(inner.payload[jnp.asarray(rows)]))
-        ids = np.asarray(inner.ids)[rows]
+    vectors, ids = live_rows(inner)
+    fresh = emptied(inner)
+    if ids.size:
         fresh = build(fresh, vectors, ids=ids, verbose=verbose)
     fresh = dataclasses.replace(fresh, id_mode=inner.id_mode, n_added=inner.n_added)
     return _with_graph(index, fresh)
+
+
+def live_rows(graph: GraphIndex):
+    """(vectors, ids) on the host of the rows that are not tombstoned, in storage order:
+    the decoded float32 vectors, or a binary graph's packed codes (what `add` takes)."""
+    rows = np.flatnonzero(np.asarray(graph.live() & ~graph.deleted))
+    ids = np.asarray(graph.ids)[rows]
+    if graph.binary:
+        return np.asarray(graph.payload)[rows], ids
+    if not rows.size:
+        return np.zeros((0, graph.d), np.float32), ids
+    return np.asarray(graph.codec.decode(graph.payload[jnp.asarray(rows)])), ids
+
+
+def emptied(graph: GraphIndex, id_mode: str = "idmap") -> GraphIndex:
+    """An empty graph index with graph's configuration, codec and key."""
+    return GraphIndex.create(graph.d, graph.graph_degree, graph.intermediate_degree,
+                             graph.codec, metric=graph.metric, id_mode=id_mode,
+                             binary=graph.binary, description=graph.description,
+                             key=jax.random.wrap_key_data(graph.rng))
 
 
 def _graph_of(index):

@@ -54,6 +54,7 @@ from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
+from jann.ops.knn import map_query_blocks
 from jann.ops.sorting import bucket_sort
 from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
 
@@ -74,11 +75,23 @@ ROW_CHUNK_FACTOR = 1.0
 # keep those buffers under MAX_SLOT_BYTES.
 ITEMS_PER_STEP = 16
 MAX_SLOT_BYTES = 64 << 20
+# Even at one item per step the slots take (queries x nprobe x k) x 8 bytes: a search
+# whose slots would pass this bound scans its queries in blocks that fit (each block
+# reads its probed lists again, so blocks are as large as the bound allows).
+MAX_SCAN_BYTES = 512 << 20
+# Queries of a padded batch are assigned to lists in blocks of this many rows, so that
+# the blocks past the real rows are skipped (10000 queries padded to 16384).
+PROBE_QUERY_BLOCK = 2048
 
 
 def _items_per_step(pairs: int, k: int) -> int:
     per_slot = max(1, pairs * k * 8)
     return int(max(1, min(ITEMS_PER_STEP, MAX_SLOT_BYTES // per_slot)))
+
+
+def _scan_query_block(nprobe: int, k: int) -> int:
+    per_query = max(1, nprobe * k * 8)
+    return 1 << max(4, (MAX_SCAN_BYTES // per_query).bit_length() - 1)
 
 
 def _pow2_near(x: float) -> int:
@@ -386,11 +399,17 @@ class IVFIndex(_storage.ListedRows):
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
                     n_queries=None):
         q = self.prepare(xq)
-        lists = self.probe(q, nprobe_bucket, nprobe)
-        if n_queries is not None:
+        if n_queries is None:
+            lists = self.probe(q, nprobe_bucket, nprobe)
+        else:  # padded rows are not assigned (blocks past n_queries are skipped)
+            lists = map_query_blocks(lambda b: self.probe(b, nprobe_bucket, nprobe), q,
+                                     PROBE_QUERY_BLOCK, n_queries)
             real = jnp.arange(q.shape[0])[:, None] < n_queries
             lists = jnp.where(real, lists, self.nlist)
-        return self.scan(q, lists, k, selector)
+        block = _scan_query_block(lists.shape[1], k)
+        if q.shape[0] <= block:
+            return self.scan(q, lists, k, selector)
+        return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
                    nprobe=None):

@@ -14,19 +14,24 @@ Layout. A `ShardedIndex` is a pytree wrapping either
   hold the same coarse quantizer and codec (one copy per device), so a query probes the
   same lists on every shard and the union of the shards' candidates is the unsharded
   index's. Vectors are dealt round-robin in (list, id) order, so every inverted list is
-  spread evenly over the devices; later adds go to the least-filled shards.
+  spread evenly over the devices; later adds go to the least-filled shards. A graph
+  index is split into one sub-graph per device, built over every S-th vector in id
+  order (edges name rows, so rows cannot move between shards without a rebuild); a
+  search runs every sub-graph's beam search and merges, later adds extend the
+  least-filled sub-graphs.
 - (replicate mode) the plain index, replicated (`P()`); queries are split over the axis.
 
 Search runs under `shard_map`: each device takes the top-k of its shard, then one merge
 (an all-gather of the k candidates of every device, and a top-k over the S * k of them,
 ties broken by the smaller id, as the unsharded index orders sequential ids). Results are
 the unsharded index's: Flat bit for bit; IVF (same quantizer, same probed lists) the same
-ids, distances to float32 rounding (a shard's list scan runs on blocks of another shape).
-Inside your own `shard_map`, use `search_shard` (per-device search + merge).
+ids, distances to float32 rounding (a shard's list scan runs on blocks of another shape);
+graph: approximate, as the unsharded graph, but not its results (other graphs; each
+sub-graph is searched with the same ef over 1/S of the rows). Inside your own `shard_map`, use `search_shard` (per-device search + merge).
 
 Ids. Shards store the user-visible ids: an index with sequential ids keeps them global
 (0..ntotal-1, numbered in the order vectors were added, as unsharded); after `remove_ids`
-Flat renumbers them and IVF keeps them, as the unsharded indexes do. Placement options: `dtype=` ("float16",
+Flat renumbers them and IVF and graph indexes keep them, as the unsharded indexes do. Placement options: `dtype=` ("float16",
 "bfloat16": Flat storage) and `ids=` ("int32", "int64"; int64 needs jax_enable_x64; an
 add whose ids do not fit int32 is refused, never truncated).
 
@@ -45,7 +50,9 @@ reads only those) and deals their rows round-robin over its M / gcd devices. A d
 holds S / gcd saved shards for a moment: just its own share when M divides S (8 -> 4 ->
 1), one saved shard when S divides M (1 -> 8: a shard that fitted one device of the
 saving mesh), all S otherwise (8 -> 3). No layout is refused: any device count can hold
-any checkpoint whose vectors fit.
+any checkpoint whose vectors fit. Graph sub-graphs are restored as saved onto the same
+device count; onto another count they are rebuilt on the host from their rows (one
+process), and without a mesh merged into one graph.
 """
 
 from __future__ import annotations
@@ -63,7 +70,9 @@ from jann import _storage
 from jann._inputs import as_vectors, check_finite, delegated_search_params
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
+from jann import graph as graph_lib
 from jann.flat import STORAGE_DTYPES, FlatIndex
+from jann.graph import GraphIndex
 from jann.ivf import IVFIndex
 from jann.kmeans import KMeansResult, assign as kmeans_assign, check_training_points
 from jann.kmeans import update_centroids
@@ -205,6 +214,15 @@ class ShardedIndex:
     def ids(self):
         return self.index.ids
 
+    def ntotal_live(self):
+        """Vectors a search can return (a graph's tombstoned rows not counted)."""
+        if not hasattr(self.per_shard, "ntotal_live"):
+            return self.count
+        if not self.sharded:
+            return self.index.ntotal_live()
+        axis = self.shard_axis
+        return self._map(lambda local: jax.lax.psum(local.ntotal_live(), axis), (), (), P())
+
     def shard_counts(self) -> np.ndarray:
         """Vectors held by each shard (host ints, shard order)."""
         counts = self.index.count
@@ -244,8 +262,7 @@ class ShardedIndex:
         return jnp.pad(xq, ((0, extra), (0, 0))) if extra else xq
 
     def search_core(self, xq, k: int, selector=None, **params):
-        static = {n: v for n, v in params.items() if isinstance(v, (int, str, type(None)))}
-        dynamic = {n: v for n, v in params.items() if n not in static}
+        static, dynamic = _split_params(params)
         nq = xq.shape[0]
         qspec = P(self.query_axis)
         axis = self.shard_axis
@@ -262,8 +279,7 @@ class ShardedIndex:
         return distances[:nq], ids[:nq]
 
     def range_core(self, xq, radius, capacity: int, selector=None, **params):
-        static = {n: v for n, v in params.items() if isinstance(v, (int, str, type(None)))}
-        dynamic = {n: v for n, v in params.items() if n not in static}
+        static, dynamic = _split_params(params)
         nq = xq.shape[0]
         qspec = P(self.query_axis)
         axis = self.shard_axis
@@ -420,6 +436,13 @@ class ShardedIndex:
         return dataclasses.replace(self, index=_place(stacked, self.mesh, self.spec))
 
 
+def _split_params(params):
+    """Search parameters as (static: Python values, e.g. a graph's ef or gather_fraction;
+    dynamic: arrays, e.g. IVF's exact nprobe), as `jann.search` splits them."""
+    dynamic = {n: v for n, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
+    return {n: v for n, v in params.items() if n not in dynamic}, dynamic
+
+
 # ------------------------------------------------------------------------- merging
 def merge_results(distances, ids, axis_name, k: int | None = None, *, similarity=False):
     """Inside shard_map: merge every device's (nq, k) results over `axis_name` into the
@@ -555,6 +578,46 @@ def _with_id_mode(index, id_mode: str):
     return dataclasses.replace(index, id_mode=id_mode)
 
 
+# ------------------------------------------------------------------ graph shards
+# A graph cannot be cut by rows: its edges name rows. Each shard is its own sub-graph,
+# built (on the host, `graph.build`) over every S-th of the rows in id order; a query
+# searches every sub-graph and the per-shard results are merged (each sub-graph holds
+# 1/S of the rows, so ef per shard buys more recall than on the whole graph).
+def _graph_stack(graph: GraphIndex, nshards: int):
+    """Stacked sub-graphs (ids stored as given: "idmap" shards) of graph's live rows."""
+    if not graph.is_trained:
+        raise InvalidInputError(f"train the {graph.describe()} index before sharding it")
+    vectors, ids = graph_lib.live_rows(graph)
+    order = np.argsort(ids, kind="stable")
+    vectors, ids = vectors[order], ids[order]
+    if ids.size and ids.size // nshards <= graph.graph_degree:
+        raise InvalidInputError(
+            f"{ids.size} vectors over {nshards} shards leave fewer than graph_degree + 1 = "
+            f"{graph.graph_degree + 1} per shard to build a sub-graph from: use fewer "
+            "devices, a lower degree, or shard the index once it holds more vectors")
+    template = graph_lib.emptied(graph)
+    shards = [graph_lib.build(template, vectors[p::nshards], ids[p::nshards])
+              if p < ids.size else template for p in range(nshards)]
+    capacity = _storage.fitted_capacity(max(_storage.host_int(g.count) for g in shards))
+    return jax.tree.map(lambda *a: jnp.stack(a), *(g.grown(capacity) for g in shards))
+
+
+def _merge_graph_stack(stack, id_mode: str):
+    """One graph over the live rows of every sub-graph (rebuilt, ids kept)."""
+    shards = [jax.tree.map(lambda a: a[s], stack) for s in range(stack.count.shape[0])]
+    rows = [graph_lib.live_rows(g) for g in shards]
+    vectors = np.concatenate([v for v, _ in rows])
+    ids = np.concatenate([i for _, i in rows])
+    order = np.argsort(ids, kind="stable")
+    merged = graph_lib.emptied(shards[0])
+    if ids.size:
+        merged = graph_lib.build(merged, vectors[order], ids[order])
+    if id_mode == "sequential":  # the next id: rows ever added over all shards
+        merged = dataclasses.replace(merged, id_mode="sequential",
+                                     n_added=jnp.sum(jnp.asarray(stack.n_added), dtype=jnp.int32))
+    return merged
+
+
 # ---------------------------------------------------------------------- placement
 def _check_mesh(mesh, axis, what="axis"):
     if not isinstance(mesh, Mesh):
@@ -638,15 +701,18 @@ def shard(index, mesh: Mesh, axis: str | None = None, *, query_axis: str | None 
         query_axis = _check_mesh(mesh, query_axis, "query_axis")
         if query_axis == axis:
             raise InvalidInputError("query_axis must differ from the shard axis")
-    if not isinstance(index, (FlatIndex, IVFIndex)):
+    if not isinstance(index, (FlatIndex, IVFIndex, GraphIndex)):
         raise InvalidInputError(
-            f"jann.shard splits Flat and IVF-family indexes, got {type(index).__name__} "
-            f"({index.describe()}); jann.replicate places any index")
+            f"jann.shard splits Flat, IVF-family and graph indexes, got "
+            f"{type(index).__name__} ({index.describe()}); jann.replicate places any index")
     index = _convert(index, dtype, ids)
+    nshards = mesh.shape[axis]
+    if isinstance(index, GraphIndex):
+        return ShardedIndex(_place(_graph_stack(index, nshards), mesh, P(axis)), mesh, axis,
+                            query_axis, index.id_mode)
     id_mode = index.id_mode
     if id_mode == "sequential":
         index = _with_id_mode(index, "idmap")  # shards store the global ids
-    nshards = mesh.shape[axis]
     n = _storage.host_int(index.count)
     stacked = _split_all(index, nshards, _storage.fitted_capacity(-(-n // nshards)), one=True)
     return ShardedIndex(_place(stacked, mesh, P(axis)), mesh, axis, query_axis, id_mode)
@@ -699,6 +765,8 @@ def unshard(index: ShardedIndex, device=None):
 
 def merge_stack(stack, id_mode: str):
     """One index holding all the rows of a stack of shards (ids in order)."""
+    if isinstance(stack, GraphIndex):
+        return _merge_graph_stack(stack, id_mode)
     n = int(np.asarray(stack.count).sum())
     merged = _local(_split_all(stack, 1, _storage.fitted_capacity(n)))
     return _with_id_mode(merged, id_mode) if id_mode == "sequential" else merged
@@ -875,6 +943,14 @@ def restore_layout(info: dict, mesh: Mesh, axis: str | None):
     members = new // groups
 
     def finish(stack):
+        if isinstance(stack, GraphIndex) and new != saved:
+            return _regraph(stack, info, mesh, axis, query_axis)
+        if isinstance(stack, GraphIndex):  # one saved sub-graph per device, as saved
+            target = NamedSharding(mesh, P(axis))
+            placed = jax.tree.map(lambda a: jax.make_array_from_single_device_arrays(
+                a.shape, target, [s.data for s in a.addressable_shards]), stack)
+            return ShardedIndex(placed, mesh, axis, query_axis, info["id_mode"])
+
         def deal(block):
             part = jax.lax.axis_index("_member")
             return _restack(_split(block, members, part, capacity))
@@ -886,6 +962,20 @@ def restore_layout(info: dict, mesh: Mesh, axis: str | None):
         return ShardedIndex(placed, mesh, axis, query_axis, info["id_mode"])
 
     return read, finish
+
+
+def _regraph(stack, info, mesh, axis, query_axis):
+    """Sub-graphs saved over S devices as sub-graphs for this mesh's axis: rebuilt on
+    the host from their rows (the only way to move graph rows between shards)."""
+    if not _all_local(mesh):
+        raise InvalidInputError(
+            f"a graph index saved over {info['nshards']} devices is restored onto "
+            f"{mesh.shape[axis]} by rebuilding its sub-graphs on one host, but the mesh "
+            "spans several processes: restore onto the saved device count, or load it "
+            "without a mesh and jann.shard it")
+    merged = _merge_graph_stack(jax.device_get(stack), "idmap")
+    return ShardedIndex(_place(_graph_stack(merged, mesh.shape[axis]), mesh, P(axis)), mesh,
+                        axis, query_axis, info["id_mode"])
 
 
 def is_sharded(index) -> bool:

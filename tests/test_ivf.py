@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jann
+from jann.ops.knn import map_query_blocks
 from jann import datasets
 
 
@@ -120,7 +121,8 @@ def test_padded_query_rows_are_skipped_and_change_nothing(data):
     every row's result must not depend on how the batch was cut."""
     from jann.api import _bucketed_chunks
     xb, xq, _ = data
-    assert [c[2] for c in _bucketed_chunks(10000, padding_is_free=True)] == [4096] * 3
+    assert [c[2] for c in _bucketed_chunks(10000, padding_is_free=True)] == [16384]
+    assert [c[2] for c in _bucketed_chunks(20000, padding_is_free=True)] == [16384, 4096]
     assert len(_bucketed_chunks(10000)) > 3  # exact search avoids padding instead
     index = jann.add(_ivf_flat(xb, 32), xb)
     assert index.skips_padded_queries
@@ -129,6 +131,39 @@ def test_padded_query_rows_are_skipped_and_change_nothing(data):
         d, i = jann.search(index, xq[rows], K, nprobe=4)
         np.testing.assert_array_equal(np.asarray(i), np.asarray(I)[rows])
         np.testing.assert_allclose(np.asarray(d), np.asarray(D)[rows], rtol=1e-5)
+
+
+def test_refine_of_a_padded_batch_equals_unpadded(data):
+    """A refined IVF index skips padded query rows in the base scan, the probe and the
+    rescoring: results per row do not depend on the batch cut."""
+    xb, xq, _ = data
+    index = jann.add(jann.train(jann.index_factory(196, "IVF32,PQ14,RFlat"), xb[:4000],
+                                key=jax.random.key(0)), xb[:4000])
+    D, I = jann.search(index, xq, K, nprobe=4, k_factor=3)    # 300 rows -> one 1024 bucket
+    assert (np.asarray(I) >= 0).all()
+    for rows in (slice(0, 1), slice(7, 70), slice(250, 300)):
+        d, i = jann.search(index, xq[rows], K, nprobe=4, k_factor=3)
+        np.testing.assert_array_equal(np.asarray(i), np.asarray(I)[rows])
+        np.testing.assert_allclose(np.asarray(d), np.asarray(D)[rows], rtol=1e-5)
+
+
+def test_scan_in_query_blocks_when_slots_pass_the_bound(data, monkeypatch):
+    """A search whose (queries x nprobe x k) slots pass MAX_SCAN_BYTES scans its queries
+    in blocks; every row's result is the same as from one scan."""
+    from jann import ivf
+    xb, xq, _ = data
+    index = jann.add(_ivf_flat(xb, 32), xb)
+    D, I = jann.search(index, xq, K, nprobe=4)
+    monkeypatch.setattr(ivf, "MAX_SCAN_BYTES", 64 * 4 * K * 8)
+    assert ivf._scan_query_block(4, K) == 64 < len(xq)
+    blocked = []
+    monkeypatch.setattr(ivf, "map_query_blocks",
+                        lambda *a: blocked.append(a[2]) or map_query_blocks(*a))
+    jax.clear_caches()
+    d, i = jann.search(index, xq, K, nprobe=4)
+    assert 64 in blocked
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(I))
+    np.testing.assert_allclose(np.asarray(d), np.asarray(D), rtol=1e-5)
 
 
 def test_any_k_and_empty_lists(data):

@@ -133,6 +133,21 @@ def test_knn_scan_skips_rows_past_n_rows_inside_jit(rng):
         assert_knn_equal(D, I, ref_d, ref_i)
 
 
+def test_map_query_blocks_skips_blocks_past_n_rows(rng):
+    """Blocks past a traced row count are not computed (their rows come back zero); the
+    rows before it are fn's, whatever the block cut."""
+    from jann.ops.knn import map_query_blocks
+    x = jnp.asarray(rng.standard_normal((100, 3)).astype(np.float32))
+    calls = jax.jit(lambda x, n: map_query_blocks(lambda b: (b * 2, b[:, 0] > -99), x, 16, n))
+    for n in (0, 1, 16, 17, 90, 100):
+        doubled, seen = calls(x, jnp.int32(n))
+        computed = -(-n // 16) * 16
+        np.testing.assert_array_equal(np.asarray(doubled)[:n], 2 * np.asarray(x)[:n])
+        assert np.asarray(seen)[:min(computed, 100)].all()
+        assert not np.asarray(seen)[computed:].any()
+        assert not np.asarray(doubled)[computed:].any()
+
+
 @pytest.mark.parametrize("metric", ["l2", "l1"])
 def test_knn_distances_differentiable_wrt_database(metric, rng):
     """Distances are differentiable in the database vectors too (the selection is not):

@@ -3,7 +3,8 @@
 jax fixes its device count when it starts, so the cases run in subprocesses:
 - tests/_sharding_cases.py under pytest with 8 simulated CPU devices
   (XLA_FLAGS=--xla_force_host_platform_device_count=8): sharded and replicated Flat /
-  IVF-Flat / IVF-PQ against the unsharded index, uneven sizes, k above a shard's size,
+  IVF-Flat / IVF-PQ against the unsharded index, a graph as one sub-graph per device,
+  uneven sizes, k above a shard's size,
   emptied shards, checkpoints across mesh sizes, recompilation, bad input;
 - the same file's int32-ids case again with JAX_ENABLE_X64=1 (int64 ids by default);
 - tests/_sharding_multihost.py as 2 processes of one jax.distributed job (loopback
