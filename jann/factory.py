@@ -7,7 +7,10 @@ Grammar (comma-separated, FAISS's spelling):
     transform: PCA<d> | PCAW<d> (whitened) | PCAR<d> (+ random rotation) | PCAWR<d>
                | OPQ<M>[_<d>] | RR[<d>] | ITQ[<d>]
     main:      Flat | Flat(float16|bfloat16)       exact search
-               | IVF<nlist>,<codes>                inverted file
+               | IVF<nlist>[_HNSW<M>|_CAGRA<R>],<codes>
+                                                   inverted file; _HNSW32 etc.: a graph
+                                                   index over the centroids assigns (large
+                                                   nlist; search knob quantizer_ef)
                | HNSW<M>[,<codes>]                 graph (jann.graph): graph_degree 2*M (FAISS's
                                                    level-0 degree), intermediate_degree 3*M
                | CAGRA<R>[_<K>][,<codes>]          graph: graph_degree R, intermediate_degree K
@@ -106,7 +109,7 @@ def _coded_index(d, tokens, description, metric, id_mode, dtype):
     from jann.ivf import IVFIndex
 
     head = tokens[0]
-    if m := re.fullmatch(r"(IVF|Residual)(\d+)", head):
+    if m := re.fullmatch(r"(IVF|Residual)(\d+)(?:_(\w+))?", head):
         if len(tokens) != 2:
             _fail(description, f"{head} must be followed by exactly one codes component")
         nlist = int(m.group(2))
@@ -116,9 +119,20 @@ def _coded_index(d, tokens, description, metric, id_mode, dtype):
         if found is None:
             _fail(description, f"unknown codes {tokens[1]!r}")
         codec, by_residual = found
+        graph_quantizer = None
+        if m.group(3):  # IVF<nlist>_HNSW<M>: a graph over the centroids assigns
+            if m.group(1) == "Residual" or m.group(3).startswith("B"):
+                _fail(description, f"{m.group(3)!r}: only IVF takes a (float) graph quantizer")
+            graph_quantizer = _graph_index(d, [m.group(3)], description,
+                                           "ip" if metric in ("ip", "cosine") else "l2",
+                                           "sequential", "float32")
+            if graph_quantizer is None:
+                _fail(description, f"unknown coarse quantizer {m.group(3)!r} (HNSW<M> or "
+                                   "CAGRA<R>[_<K>])")
         return IVFIndex.create(d, nlist, codec, metric=metric, id_mode=id_mode,
                                by_residual=by_residual, exhaustive=m.group(1) == "Residual",
-                               description=f"{head},{tokens[1]}")
+                               description=f"{head},{tokens[1]}",
+                               graph_quantizer=graph_quantizer)
     if m := re.fullmatch(r"LSH(\d*)(r?)(t?)", head):
         if len(tokens) != 1:
             _fail(description, "LSH takes no further component")

@@ -1,7 +1,7 @@
 """Inverted-file indexes: IVF-Flat, IVF-PQ, IVF-SQ, IVF-RQ, and the flat-coded indexes.
 
-A coarse quantizer (a Flat index of `nlist` centroids, trained by k-means) assigns each
-vector to a list; the list stores the vector's code (`codec.encode` of the vector, or of
+A coarse quantizer (a Flat index of `nlist` centroids, trained by k-means; or a graph
+index over them, "IVF65536_HNSW32,...", for large nlist) assigns each vector to a list; the list stores the vector's code (`codec.encode` of the vector, or of
 its residual from the centroid when `by_residual`). Search probes the `nprobe` nearest
 lists of each query. An index with one list and no residual is a plain coded index
 ("PQ16", "SQ8", "RQ8x8"): the same storage and scan with a trivial quantizer.
@@ -89,6 +89,11 @@ def _items_per_step(pairs: int, k: int) -> int:
     return int(max(1, min(ITEMS_PER_STEP, MAX_SLOT_BYTES // per_slot)))
 
 
+def _is_graph(quantizer) -> bool:
+    from jann.graph import GraphIndex  # late: jann.graph registers autotune, which imports this
+    return isinstance(quantizer, GraphIndex)
+
+
 def _scan_query_block(nprobe: int, k: int) -> int:
     per_query = max(1, nprobe * k * 8)
     return 1 << max(4, (MAX_SCAN_BYTES // per_query).bit_length() - 1)
@@ -112,7 +117,9 @@ def _code_struct(codec, d: int):
 class IVFIndex(_storage.ListedRows):
     """Inverted-file index. Array fields are leaves; configuration is static.
 
-    quantizer: FlatIndex of the nlist centroids (empty until trained).
+    quantizer: FlatIndex of the nlist centroids (empty until trained), or a GraphIndex
+               over them ("IVF<nlist>_HNSW<M>": assignment by beam search, search
+               parameter `quantizer_ef`, FAISS's quantizer_efSearch).
     codec:     how rows are stored (IdentityCodec, ScalarQuantizer, ProductQuantizer, ...).
     payload:   (capacity, *code_shape) stored codes, sorted by list.
     norms:     (capacity,) float32 squared norm of each decoded row.
@@ -120,7 +127,7 @@ class IVFIndex(_storage.ListedRows):
     count:     () int32 live rows (= offsets[-1]).  status: () int32 refused-write bits.
     """
 
-    quantizer: FlatIndex
+    quantizer: FlatIndex | GraphIndex
     codec: object
     payload: jax.Array
     norms: jax.Array
@@ -139,11 +146,17 @@ class IVFIndex(_storage.ListedRows):
     @classmethod
     def create(cls, d: int, nlist: int, codec, *, metric: str = "l2",
                id_mode: str = "sequential", by_residual: bool = True,
-               exhaustive: bool = False, description: str = "IVF") -> "IVFIndex":
+               exhaustive: bool = False, description: str = "IVF",
+               graph_quantizer: GraphIndex | None = None) -> "IVFIndex":
+        """graph_quantizer: an empty graph index (metric "l2", or "ip" for ip / cosine
+        indexes) to build over the centroids instead of a Flat quantizer."""
         quantizer_metric = "ip" if metric in ("ip", "cosine") else "l2"
         code = _code_struct(codec, d)
+        if graph_quantizer is not None and graph_quantizer.metric != quantizer_metric:
+            raise InvalidInputError(f"the graph quantizer of a {metric} IVF index must use "
+                                    f"the {quantizer_metric} metric")
         return cls(
-            quantizer=FlatIndex.empty(d, quantizer_metric),
+            quantizer=graph_quantizer or FlatIndex.empty(d, quantizer_metric),
             codec=codec,
             payload=jnp.zeros((0,) + code.shape[1:], code.dtype),
             norms=jnp.zeros((0,), jnp.float32),
@@ -166,7 +179,24 @@ class IVFIndex(_storage.ListedRows):
 
     @property
     def centroids(self) -> jax.Array:
-        return self.quantizer.vectors[: self.nlist].astype(jnp.float32)
+        q = self.quantizer
+        rows = q.codec.decode(q.payload) if _is_graph(q) else q.vectors
+        return rows[: self.nlist].astype(jnp.float32)
+
+    def with_centroids(self, centroids) -> "IVFIndex":
+        """This index with its coarse quantizer over `centroids` (nlist, d): a Flat
+        index, or a graph index built over them (on the host) when the quantizer is one."""
+        if _is_graph(self.quantizer):
+            from jann.graph import build, emptied
+            quantizer = build(emptied(self.quantizer, "sequential"),
+                              np.asarray(centroids, np.float32))
+            return dataclasses.replace(self, quantizer=quantizer)
+        quantizer = FlatIndex.empty(self.d, self.quantizer.metric, capacity=self.nlist)
+        quantizer = dataclasses.replace(
+            quantizer, vectors=centroids, sqnorms=dist_ops.squared_norms(centroids),
+            ids=jnp.arange(self.nlist, dtype=quantizer.ids.dtype),
+            count=jnp.asarray(self.nlist, jnp.int32))
+        return dataclasses.replace(self, quantizer=quantizer)
 
     # --- training -------------------------------------------------------------------
     def train(self, x, *, key=None, niter: int = 10, verbose: bool = False,
@@ -183,12 +213,7 @@ class IVFIndex(_storage.ListedRows):
         else:
             centroids = kmeans(x, self.nlist, key=key_coarse, niter=niter, verbose=verbose,
                                max_points_per_centroid=max_points_per_centroid).centroids
-        quantizer = FlatIndex.empty(self.d, self.quantizer.metric, capacity=self.nlist)
-        quantizer = dataclasses.replace(
-            quantizer, vectors=centroids, sqnorms=dist_ops.squared_norms(centroids),
-            ids=jnp.arange(self.nlist, dtype=quantizer.ids.dtype),
-            count=jnp.asarray(self.nlist, jnp.int32))
-        trained = dataclasses.replace(self, quantizer=quantizer)
+        trained = self.with_centroids(centroids)
         codec_input = x
         if self.by_residual:
             codec_input = x - centroids[trained.assign(x)]
@@ -201,9 +226,14 @@ class IVFIndex(_storage.ListedRows):
 
     prepare_queries = prepare
 
-    def assign(self, x, nprobe: int = 1):
-        """Nearest lists of prepared vectors: (n,) for nprobe 1, else (n, nprobe)."""
-        _, lists = self.quantizer.search_core(x, nprobe)
+    def assign(self, x, nprobe: int = 1, quantizer_ef: int | None = None):
+        """Nearest lists of prepared vectors: (n,) for nprobe 1, else (n, nprobe). A graph
+        quantizer searches with ef = quantizer_ef (default: its own default, at least
+        nprobe)."""
+        params = {}
+        if _is_graph(self.quantizer) and quantizer_ef is not None:
+            params["ef"] = quantizer_ef
+        _, lists = self.quantizer.search_core(x, nprobe, **params)
         return lists[:, 0] if nprobe == 1 else lists
 
     def row_lists(self) -> jax.Array:
@@ -269,7 +299,16 @@ class IVFIndex(_storage.ListedRows):
         return jnp.where(found[:, None], out, jnp.nan), found
 
     # --- search ---------------------------------------------------------------------
-    def check_search_params(self, nprobe: int | None = None):
+    def check_search_params(self, nprobe: int | None = None, quantizer_ef=None):
+        if quantizer_ef is not None:
+            if not _is_graph(self.quantizer):
+                raise InvalidInputError(f"{self.describe()} has a Flat quantizer and takes no "
+                                        "quantizer_ef")
+            if isinstance(quantizer_ef, bool) or not isinstance(
+                    quantizer_ef, (int, np.integer)) or quantizer_ef < 1:
+                raise InvalidInputError(
+                    f"quantizer_ef must be a positive int, got {quantizer_ef!r}")
+            return {**self.check_search_params(nprobe), "quantizer_ef": int(quantizer_ef)}
         if self.exhaustive or self.nlist == 1:
             if nprobe is not None:
                 raise InvalidInputError(f"{self.describe()} scans every list and takes no "
@@ -285,10 +324,12 @@ class IVFIndex(_storage.ListedRows):
         return {"nprobe_bucket": min(1 << (int(nprobe) - 1).bit_length(), self.nlist),
                 "nprobe": np.asarray(nprobe, np.int32)}
 
-    def probe(self, q, nprobe_bucket: int, nprobe=None):
+    def probe(self, q, nprobe_bucket: int, nprobe=None, quantizer_ef=None):
         """(nq, nprobe_bucket) probed lists of prepared queries; probes past `nprobe`
         (traced) are masked with the sentinel list id."""
-        lists = self.assign(q, nprobe_bucket) if nprobe_bucket > 1 else self.assign(q)[:, None]
+        lists = self.assign(q, nprobe_bucket, quantizer_ef)
+        lists = lists if nprobe_bucket > 1 else lists[:, None]
+        lists = jnp.where(lists < 0, self.nlist, lists)  # a graph quantizer found fewer
         if nprobe is None:
             return lists
         return jnp.where(jnp.arange(nprobe_bucket)[None, :] < nprobe, lists, self.nlist)
@@ -333,7 +374,7 @@ class IVFIndex(_storage.ListedRows):
         if selector is not None:
             row_ok &= selector(ids)
         decoded = self.codec.decode(codes)
-        centroid = self.quantizer.vectors[jnp.minimum(lst, self.nlist - 1)].astype(jnp.float32)
+        centroid = self.centroids[jnp.minimum(lst, self.nlist - 1)]
         if self.metric == "l2":
             qr = qv - centroid if self.by_residual else qv
             scores = dist_ops.pairwise_scores(qr, decoded, "l2", y_sqnorms=norms)
@@ -397,13 +438,16 @@ class IVFIndex(_storage.ListedRows):
     skips_padded_queries = True
 
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
-                    n_queries=None):
+                    n_queries=None, quantizer_ef=None):
         q = self.prepare(xq)
+
+        def probe(b):
+            return self.probe(b, nprobe_bucket, nprobe, quantizer_ef)
+
         if n_queries is None:
-            lists = self.probe(q, nprobe_bucket, nprobe)
+            lists = probe(q)
         else:  # padded rows are not assigned (blocks past n_queries are skipped)
-            lists = map_query_blocks(lambda b: self.probe(b, nprobe_bucket, nprobe), q,
-                                     PROBE_QUERY_BLOCK, n_queries)
+            lists = map_query_blocks(probe, q, PROBE_QUERY_BLOCK, n_queries)
             real = jnp.arange(q.shape[0])[:, None] < n_queries
             lists = jnp.where(real, lists, self.nlist)
         block = _scan_query_block(lists.shape[1], k)
@@ -412,10 +456,10 @@ class IVFIndex(_storage.ListedRows):
         return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
-                   nprobe=None):
+                   nprobe=None, quantizer_ef=None):
         q = self.prepare(xq)
         nq = q.shape[0]
-        plan = self._plan(self.probe(q, nprobe_bucket, nprobe))
+        plan = self._plan(self.probe(q, nprobe_bucket, nprobe, quantizer_ef))
         similarity = dist_ops.is_similarity(self.metric)
         radius = jnp.asarray(radius, jnp.float32)
 

@@ -418,15 +418,7 @@ class ShardedIndex:
                 niter=niter, verbose=verbose, n_valid=n,
                 max_points_per_centroid=max_points_per_centroid).centroids
         # The coarse quantizer exactly as IVFIndex.train builds it.
-        quantizer = FlatIndex.empty(template.d, template.quantizer.metric,
-                                    capacity=template.nlist)
-        centroids = jax.device_get(centroids)
-        quantizer = dataclasses.replace(
-            quantizer, vectors=jnp.asarray(centroids),
-            sqnorms=dist_ops.squared_norms(jnp.asarray(centroids)),
-            ids=jnp.arange(template.nlist, dtype=quantizer.ids.dtype),
-            count=jnp.asarray(template.nlist, jnp.int32))
-        trained = dataclasses.replace(template, quantizer=quantizer)
+        trained = template.with_centroids(jnp.asarray(jax.device_get(centroids)))
         sample = jnp.asarray(_sample_rows(rows, n, CODEC_SAMPLE, self.mesh, self.shard_axis))
         if template.by_residual:
             sample = sample - trained.centroids[trained.assign(sample)]

@@ -63,6 +63,7 @@ PARITY = [
     ("IVF64,PQ14,RFlat", {"nprobe": 8, "k_factor": 4}),
     ("OPQ14_112,IVF64,PQ14", {"nprobe": 8}),
     ("PCA64,IVF64,Flat", {"nprobe": 4}),
+    ("IVF256_HNSW16,Flat", {"nprobe": 8, "quantizer_ef": 16}),
     ("IVF32,RQ4x8", {"nprobe": 8}),
     ("PQ14", {}),
     ("SQ8", {}),
@@ -83,7 +84,8 @@ def test_recall_within_002_of_faiss(description, params, data):
     index = jann.add(jann.train(index, xt, key=jax.random.key(0)), xb)
     _, I = jann.search(index, xq, K, **params)
     ours = recall(I, gt)
-    faiss_params = {("k_factor_rf" if k == "k_factor" else k): v for k, v in params.items()}
+    faiss_names = {"k_factor": "k_factor_rf", "quantizer_ef": "quantizer_efSearch"}
+    faiss_params = {faiss_names.get(k, k): v for k, v in params.items()}
     theirs = _faiss_recall(description, xt, xb, xq, gt, "l2", faiss_params)
     assert ours >= theirs - 0.02, f"{description}: jann {ours:.3f} vs faiss {theirs:.3f}"
 
@@ -145,6 +147,36 @@ def test_refine_of_a_padded_batch_equals_unpadded(data):
         d, i = jann.search(index, xq[rows], K, nprobe=4, k_factor=3)
         np.testing.assert_array_equal(np.asarray(i), np.asarray(I)[rows])
         np.testing.assert_allclose(np.asarray(d), np.asarray(D)[rows], rtol=1e-5)
+
+
+def test_graph_coarse_quantizer(data, tmp_path):
+    """IVF<nlist>_HNSW<M>: a graph index over the centroids assigns and probes lists. On
+    64 centroids a beam of quantizer_ef=64 sees them all, so the lists (and results) are
+    the Flat quantizer's; a narrow beam still finds most neighbours."""
+    xb, xq, gt = data
+    key = jax.random.key(0)
+    by_flat = jann.train(jann.index_factory(196, "IVF64,Flat"), xb[:4000], key=key)
+    by_graph = jann.train(jann.index_factory(196, "IVF64_HNSW8,Flat"), xb[:4000], key=key)
+    assert isinstance(by_graph.quantizer, jann.GraphIndex)
+    assert by_graph.describe() == "IVF64_HNSW8,Flat"
+    np.testing.assert_array_equal(np.asarray(by_graph.centroids), np.asarray(by_flat.centroids))
+    by_flat, by_graph = jann.add(by_flat, xb), jann.add(by_graph, xb)
+    want = jann.search(by_flat, xq, K, nprobe=8)
+    got = jann.search(by_graph, xq, K, nprobe=8, quantizer_ef=64)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    _, narrow = jann.search(by_graph, xq, K, nprobe=8, quantizer_ef=8)
+    assert recall(narrow, gt) > 0.9
+    jann.save(by_graph, tmp_path / "g")
+    loaded = jann.load(tmp_path / "g")
+    np.testing.assert_array_equal(
+        np.asarray(jann.search(loaded, xq, K, nprobe=8, quantizer_ef=64)[1]),
+        np.asarray(got[1]))
+    with pytest.raises(jann.InvalidInputError, match="quantizer_ef"):
+        jann.search(by_flat, xq, K, nprobe=8, quantizer_ef=8)
+    with pytest.raises(jann.InvalidInputError, match="quantizer_ef must be"):
+        jann.search(by_graph, xq, K, nprobe=8, quantizer_ef=0)
+    with pytest.raises(jann.FactoryStringError, match="coarse quantizer"):
+        jann.index_factory(196, "IVF64_PQ4,Flat")
 
 
 def test_scan_in_query_blocks_when_slots_pass_the_bound(data, monkeypatch):
