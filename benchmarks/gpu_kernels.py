@@ -38,12 +38,34 @@ FULL_CASES = [
     ("hamming_1M_x256bit", "hamming", dict(nq=1024, n=1_000_000, nbytes=32, k=10)),
     ("adc_1M_pq64x8", "adc", dict(nq=1024, n=1_000_000, M=64, nbits=8, k=10)),
     ("adc_1M_pq64x4", "adc", dict(nq=1024, n=1_000_000, M=64, nbits=4, k=10)),
+    ("ivf_flat_1M_x128_nprobe32", "ivf", dict(nq=4096, n=1_000_000, d=128, k=10, nlist=4096,
+                                              nprobe=32)),
+    ("ivf_flat_1M_x128_nprobe64", "ivf", dict(nq=4096, n=1_000_000, d=128, k=10, nlist=4096,
+                                              nprobe=64)),
 ]
 DRY_CASES = [
     ("knn_dry", "knn", dict(nq=5, n=300, d=24, k=7, dtype="float16")),
     ("hamming_dry", "hamming", dict(nq=5, n=300, nbytes=12, k=7)),
     ("adc_dry", "adc", dict(nq=5, n=300, M=6, nbits=4, k=7)),
+    ("ivf_dry", "ivf", dict(nq=5, n=300, d=24, k=7, nlist=8, nprobe=3)),
 ]
+
+
+def _ivf_index(s: dict, key):
+    """An IVF-Flat index of random vectors in nlist equal lists (the scan's cost depends
+    on the shapes only): built from its fields, no k-means."""
+    import dataclasses
+    from jann.ivf import IVFIndex
+    from jann.quantizers.identity import IdentityCodec
+    k1, k2 = jax.random.split(key)
+    n, d, nlist = s["n"], s["d"], s["nlist"]
+    index = IVFIndex.create(d, nlist, IdentityCodec.create(d), by_residual=False)
+    index = index.with_centroids(jax.random.normal(k1, (nlist, d), jnp.float32))
+    x = jax.random.normal(k2, (n, d), jnp.float32)
+    offsets = (jnp.arange(nlist + 1) * n // nlist).astype(jnp.int32)
+    return dataclasses.replace(
+        index, payload=x, norms=jnp.sum(x * x, axis=1), ids=jnp.arange(n, dtype=jnp.int32),
+        offsets=offsets, count=jnp.int32(n), is_trained=True)
 
 
 def _inputs(kernel: str, s: dict, key):
@@ -57,6 +79,11 @@ def _inputs(kernel: str, s: dict, key):
         a = jax.random.randint(k1, (s["nq"], s["nbytes"]), 0, 256, jnp.int32).astype(jnp.uint8)
         b = jax.random.randint(k2, (s["n"], s["nbytes"]), 0, 256, jnp.int32).astype(jnp.uint8)
         return (a, b), b.size
+    if kernel == "ivf":
+        index = _ivf_index(s, k1)
+        xq = jax.random.normal(k2, (s["nq"], s["d"]), jnp.float32)
+        rows_scanned = s["nq"] * s["nprobe"] * (s["n"] // s["nlist"])
+        return (index, xq), rows_scanned * s["d"] * 4
     ksub = 1 << s["nbits"]
     tables = jax.random.uniform(k1, (s["nq"], s["M"], ksub), jnp.float32)
     code_size = s["M"] if s["nbits"] > 4 else -(-s["M"] // 2)
@@ -69,6 +96,9 @@ def _search_fn(kernel: str, s: dict, backend: str):
         return jax.jit(lambda q, b: dispatch.knn_search(q, b, s["k"], "l2", backend=backend))
     if kernel == "hamming":
         return jax.jit(lambda a, b: dispatch.hamming_search(a, b, s["k"], backend=backend))
+    if kernel == "ivf":  # the index's own path: coarse assignment + list scan
+        return jax.jit(lambda ix, q: ix.search_core(q, s["k"], nprobe_bucket=s["nprobe"],
+                                                    backend=backend))
     return jax.jit(lambda t, c: dispatch.adc_search(t, c, s["k"], s["nbits"], "l2",
                                                     backend=backend))
 

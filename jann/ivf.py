@@ -43,6 +43,7 @@ equal recall (benchmarks/results/ivf.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
+from jann.ops import dispatch
 from jann.ops.knn import map_query_blocks
+from jann.ops.pallas.ivf import ivf_scan_pallas
 from jann.ops.sorting import bucket_sort
 from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
 
@@ -438,7 +441,10 @@ class IVFIndex(_storage.ListedRows):
     skips_padded_queries = True
 
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
-                    n_queries=None, quantizer_ef=None):
+                    n_queries=None, quantizer_ef=None, backend: str = "auto"):
+        """backend: "xla" (the list-major scan below), "pallas" (`ops.pallas.ivf`, the
+        query-major kernel; for raw float and 8-bit scalar codes, XLA for the others) or
+        "auto" (`ops.dispatch`: XLA until a GPU measurement says otherwise)."""
         q = self.prepare(xq)
 
         def probe(b):
@@ -450,10 +456,41 @@ class IVFIndex(_storage.ListedRows):
             lists = map_query_blocks(probe, q, PROBE_QUERY_BLOCK, n_queries)
             real = jnp.arange(q.shape[0])[:, None] < n_queries
             lists = jnp.where(real, lists, self.nlist)
-        block = _scan_query_block(lists.shape[1], k)
-        if q.shape[0] <= block:
-            return self.scan(q, lists, k, selector)
-        return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
+
+        def xla_scan(q, lists):
+            block = _scan_query_block(lists.shape[1], k)
+            if q.shape[0] <= block:
+                return self.scan(q, lists, k, selector)
+            return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
+
+        decode = self._kernel_decode()
+        if decode is None or backend == "xla":
+            return xla_scan(q, lists)
+        return dispatch.choose("ivf_scan", backend, xla_scan,
+                               functools.partial(self._kernel_scan, k=k, selector=selector,
+                                                 decode=decode), q, lists)
+
+    def _kernel_decode(self):
+        """How `ops.pallas.ivf` decodes this index's codes, or None (no kernel)."""
+        from jann.quantizers.identity import IdentityCodec
+        from jann.quantizers.sq import ScalarQuantizer
+        if isinstance(self.codec, IdentityCodec):
+            return "float"
+        if isinstance(self.codec, ScalarQuantizer) and self.codec.bits == 8:
+            return {"nonuniform": "sq8", "uniform": "sq8", "direct": "direct"}[self.codec.kind]
+        return None
+
+    def _kernel_scan(self, q, lists, interpret, *, k, selector, decode):
+        allowed = self.live() if selector is None else self.live() & selector(self.ids)
+        similarity = dist_ops.is_similarity(self.metric)
+        bias = jnp.where(allowed, 0.0 if similarity else self.norms, jnp.inf)
+        ranges = {"vmin": self.codec.vmin, "vdiff": self.codec.vdiff} if decode == "sq8" else {}
+        keys, rows = ivf_scan_pallas(
+            q, lists, self.offsets, self.payload, bias, self.centroids, k,
+            "ip" if similarity else "l2", by_residual=self.by_residual, decode=decode,
+            interpret=interpret, **ranges)
+        ids = jnp.where(rows < 0, -1, self.ids[jnp.clip(rows, 0, max(self.capacity - 1, 0))])
+        return (-keys if similarity else jnp.maximum(keys, 0.0)), ids
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
                    nprobe=None, quantizer_ef=None):

@@ -1,7 +1,8 @@
 """One switch between the XLA scans and the Pallas kernels: `backend="auto" | "xla" | "pallas"`.
 
 - "xla": the streamed XLA scans (`knn.knn_scan`, `hamming.knn_hamming_scan`,
-  `pallas.pq.adc_top_k_xla`), what every platform can run.
+  `pallas.pq.adc_top_k_xla`, and the IVF index's list-major scan, which passes itself to
+  `choose` with `pallas.ivf.ivf_scan_pallas`), what every platform can run.
 - "pallas": the Pallas kernel, compiled (Triton) where the program is lowered for CUDA and
   run by the Pallas interpreter on every other platform (slow; for tests and debugging).
   The platform is chosen with `lax.platform_dependent`, i.e. when the program is lowered,
@@ -31,6 +32,7 @@ __all__ = [
     "MEASURED_FASTER",
     "adc_search",
     "check_backend",
+    "choose",
     "hamming_search",
     "knn_search",
 ]
@@ -53,7 +55,7 @@ def check_backend(backend) -> str:
     return backend
 
 
-def _choose(kernel: str, backend: str, xla_fn, pallas_fn, *args):
+def choose(kernel: str, backend: str, xla_fn, pallas_fn, *args):
     """Run xla_fn(*args) or pallas_fn(*args, interpret=...) as `backend` says."""
     if backend == "xla" or (backend == "auto" and kernel not in MEASURED_FASTER):
         return xla_fn(*args)
@@ -81,7 +83,7 @@ def knn_search(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
         return knn_pallas(xq, xb, k, kernel_metric, xb_sqnorms=xb_sqnorms,
                           xb_valid=xb_valid, interpret=interpret)
 
-    return _choose("knn", backend, xla, pallas, xq, xb, xb_sqnorms, xb_valid, n_rows)
+    return choose("knn", backend, xla, pallas, xq, xb, xb_sqnorms, xb_valid, n_rows)
 
 
 def hamming_search(xq_codes, xb_codes, k: int, *, xb_valid=None, backend: str = "auto"):
@@ -92,7 +94,7 @@ def hamming_search(xq_codes, xb_codes, k: int, *, xb_valid=None, backend: str = 
     def pallas(xq, xb, xb_valid, interpret):
         return knn_hamming_pallas(xq, xb, k, xb_valid=xb_valid, interpret=interpret)
 
-    return _choose("hamming", backend, xla, pallas, xq_codes, xb_codes, xb_valid)
+    return choose("hamming", backend, xla, pallas, xq_codes, xb_codes, xb_valid)
 
 
 def adc_search(tables, codes, k: int, nbits: int, metric: str = "l2", *, xb_valid=None,
@@ -106,4 +108,4 @@ def adc_search(tables, codes, k: int, nbits: int, metric: str = "l2", *, xb_vali
         return adc_top_k_pallas(tables, codes, k, nbits, metric, xb_valid=xb_valid,
                                 interpret=interpret)
 
-    return _choose("adc", backend, xla, pallas, tables, codes, xb_valid)
+    return choose("adc", backend, xla, pallas, tables, codes, xb_valid)

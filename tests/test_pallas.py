@@ -136,6 +136,76 @@ def test_adc_kernels_match_lookup_oracle(nq, n, M, nbits, k, metric, rng):
         assert_knn_equal(D, I, ref_d, ref_i)
 
 
+# --- IVF list scan ------------------------------------------------------------------------
+IVF_SMALL = ScanConfig(block_q=1, block_n=16, max_k=8)
+IVF_CASES = [  # nlist, nq, nprobe, d, k, metric, decode, by_residual
+    (6, 5, 3, 12, 1, "l2", "float", True),      # k = 1, d not a power of two
+    (5, 7, 4, 16, 20, "ip", "sq8", True),       # k > tile, k > max_k (3 passes)
+    (4, 3, 2, 8, 90, "l2", "direct", False),    # k > the probed rows
+    (7, 4, 7, 5, 9, "ip", "float", False),      # every list probed, some empty
+]
+
+
+def _ivf_storage(rng, nlist, d, decode):
+    sizes = rng.integers(0, 40, nlist)
+    sizes[1] = 0                                          # an empty list
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    n = int(offsets[-1]) + 5                              # spare capacity past the count
+    if decode == "float":
+        payload = rng.normal(size=(n, d)).astype(np.float32)
+    else:
+        payload = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    return offsets, payload
+
+
+@pytest.mark.parametrize("nlist,nq,nprobe,d,k,metric,decode,by_residual", IVF_CASES)
+def test_ivf_scan_kernel_matches_reference(nlist, nq, nprobe, d, k, metric, decode,
+                                           by_residual, rng):
+    from jann.ops.pallas.ivf import ivf_scan_pallas, ivf_scan_reference
+    offsets, payload = _ivf_storage(rng, nlist, d, decode)
+    n = payload.shape[0]
+    q = rng.normal(size=(nq, d)).astype(np.float32)
+    centroids = rng.normal(size=(nlist, d)).astype(np.float32)
+    lists = np.stack([rng.permutation(nlist)[:nprobe] for _ in range(nq)]).astype(np.int32)
+    lists[0, -1] = nlist                                  # an unused probe
+    bias = np.where(rng.random(n) < 0.9, rng.random(n), np.inf).astype(np.float32)
+    ranges = ({"vmin": jnp.asarray(rng.normal(size=d), jnp.float32),
+               "vdiff": jnp.asarray(rng.random(d) + 0.1, jnp.float32)}
+              if decode == "sq8" else {})
+    args = tuple(map(jnp.asarray, (q, lists, offsets, payload, bias, centroids)))
+    kw = dict(by_residual=by_residual, decode=decode, **ranges)
+    D, I = jax.jit(lambda *a: ivf_scan_pallas(*a, k, metric, config=IVF_SMALL,
+                                              interpret=True, **kw))(*args)
+    ref_d, ref_i = ivf_scan_reference(*args, k, metric, **kw)
+    assert D.shape == I.shape == (nq, k) and I.dtype == jnp.int32
+    assert_knn_equal(D, I, np.asarray(ref_d, np.float64), np.asarray(ref_i), rtol=1e-5)
+
+
+@pytest.mark.parametrize("description,metric", [("IVF8,Flat", "l2"), ("IVF8,SQ8", "ip"),
+                                                ("IVF8,SQ8_direct", "l2"),
+                                                ("IVF8,Flat", "cosine")])
+def test_ivf_search_core_on_the_kernel_equals_xla(description, metric, rng):
+    """IVFIndex.search_core(backend="pallas") (the kernel in interpret mode) returns the
+    list-major XLA scan's results, selector included; other codecs stay on XLA."""
+    xb = (rng.normal(size=(300, 12)) * 3).astype(np.float32)
+    xq = jnp.asarray(rng.normal(size=(9, 12)).astype(np.float32) * 3)
+    index = jann.train(jann.index_factory(12, description, metric=metric), xb,
+                       key=jax.random.key(0))
+    index = jann.add(index, xb)
+    selector = jann.IDSelectorRange(20, 250)
+    params = dict(nprobe_bucket=4, nprobe=jnp.int32(3))
+    for sel in (None, selector):
+        want = jax.jit(lambda ix, q, s=sel: ix.search_core(q, 7, s, backend="xla",
+                                                             **params))(index, xq)
+        got = jax.jit(lambda ix, q, s=sel: ix.search_core(q, 7, s, backend="pallas",
+                                                            **params))(index, xq)
+        assert_knn_equal(got[0], got[1], np.asarray(want[0], np.float64), np.asarray(want[1]),
+                         rtol=1e-5)
+    pq = jann.add(jann.train(jann.index_factory(12, "IVF8,PQ4"), xb, key=jax.random.key(0)), xb)
+    jaxpr = str(jax.make_jaxpr(lambda ix, q: ix.search_core(q, 5, backend="pallas"))(pq, xq))
+    assert "pallas_call" not in jaxpr
+
+
 # --- dispatcher ---------------------------------------------------------------------------
 def test_backend_is_validated():
     x = np.zeros((2, 4), np.float32)
@@ -214,7 +284,21 @@ LOWERINGS = {
                 _s((40, 32, 16)), _s((500, 16), jnp.uint8)),
     "ops_knn_pallas": (lambda q, b: jann.ops.knn(q, b, 10, "cosine", backend="pallas"),
                        _s((32, 96)), _s((1000, 96))),
+    "ivf_flat_l2": (lambda q, lists, off, x, bias, c: _ivf_kernel(
+        q, lists, off, x, bias, c, 10, "l2", by_residual=False),
+        _s((64, 96)), _s((64, 8), jnp.int32), _s((257,), jnp.int32), _s((5000, 96)),
+        _s((5000,)), _s((256, 96))),
+    "ivf_sq8_ip_multipass": (lambda q, lists, off, x, bias, c, lo, span: _ivf_kernel(
+        q, lists, off, x, bias, c, 200, "ip", by_residual=True, decode="sq8", vmin=lo,
+        vdiff=span),
+        _s((16, 100)), _s((16, 16), jnp.int32), _s((65,), jnp.int32),
+        _s((3000, 100), jnp.uint8), _s((3000,)), _s((64, 100)), _s((100,)), _s((100,))),
 }
+
+
+def _ivf_kernel(*args, **kw):
+    from jann.ops.pallas.ivf import ivf_scan_pallas
+    return ivf_scan_pallas(*args, **kw)
 
 
 @pytest.mark.parametrize("name", sorted(LOWERINGS))
@@ -229,6 +313,19 @@ def test_flat_search_lowers_for_cuda_with_and_without_kernel():
 
     def search(backend):
         return lambda ix, q: ix.search_core(q, 10, backend=backend)
+
+    shapes = (jax.tree.map(lambda a: _s(a.shape, a.dtype), index), _s((32, 96)))
+    assert TRITON_CALL in _cuda_module_text(search("pallas"), *shapes)
+    assert TRITON_CALL not in _cuda_module_text(search("auto"), *shapes)
+
+
+def test_ivf_search_lowers_for_cuda_with_and_without_kernel(rng):
+    index = jann.train(jann.index_factory(96, "IVF64,SQ8"),
+                       rng.normal(size=(2000, 96)).astype(np.float32), key=jax.random.key(0))
+    index = jann.reserve(index, 3000)
+
+    def search(backend):
+        return lambda ix, q: ix.search_core(q, 10, nprobe_bucket=8, backend=backend)
 
     shapes = (jax.tree.map(lambda a: _s(a.shape, a.dtype), index), _s((32, 96)))
     assert TRITON_CALL in _cuda_module_text(search("pallas"), *shapes)

@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 __all__ = [
     "ScanConfig",
     "finish",
+    "fold_tile",
     "multipass_top_k",
     "next_pow2",
     "pad_rows_to",
@@ -80,7 +81,7 @@ def _lex_less(key_a, row_a, key_b, row_b):
     return (key_a < key_b) | ((key_a == key_b) & (row_a < row_b))
 
 
-def _fold_tile(buf_keys, buf_rows, keys, rows):
+def fold_tile(buf_keys, buf_rows, keys, rows):
     """Insert the entries of one (bq, bn) key block that beat each row's buffer."""
     rows = jnp.broadcast_to(rows[None, :], keys.shape)
     limit = min(buf_keys.shape[1], keys.shape[1]) + 1
@@ -128,7 +129,7 @@ def scan_top_k(key_tile, n: int, block_q: int, block_n: int, k_pad: int,
         keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
         keep = (rows < n)[None, :] & _lex_less(
             after_key[:, None], after_row[:, None], keys, rows[None, :])
-        return _fold_tile(*carry, jnp.where(keep, keys, jnp.inf), rows)
+        return fold_tile(*carry, jnp.where(keep, keys, jnp.inf), rows)
 
     init = (jnp.full((block_q, k_pad), jnp.inf, jnp.float32),
             -1 - jax.lax.broadcasted_iota(jnp.int32, (block_q, k_pad), 1))

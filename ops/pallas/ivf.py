@@ -1,0 +1,179 @@
+"""IVF list scan as a Pallas kernel: each query scans only the inverted lists it probes.
+
+One program per query. For each of its probed lists (list ids from the coarse quantizer;
+the sentinel `nlist` marks an unused probe) it walks the list's rows
+[offsets[l], offsets[l + 1]) in tiles of `block_n` rows, decodes them in the kernel,
+computes their keys against the query and folds them into the running top-k held in
+registers (`topk.fold_tile`). The work is the probed lists' real lengths: a short list
+is one short loop, an empty list or an unused probe nothing; no list is padded.
+
+Row codes decoded on the fly (`decode=`):
+- "float": raw vectors stored as float32, float16 or bfloat16 (IVF-Flat), upcast;
+- "sq8": 8-bit scalar codes, vmin + ((code + 0.5) / 255) * vdiff per component (or one
+  range for all), the float operations of `ScalarQuantizer.decode` in the same order;
+- "direct": 8-bit codes taken as the values (SQ8_direct).
+
+Keys (smaller is better): l2: ||r||^2 + bias[row] - 2 r.x, r = q - c_l (by_residual) or q
+and bias the squared norm of the decoded row; ip: -(q.x) - q.c_l (by_residual) + bias
+with bias 0. Rows that may not be returned (filtered, past the count) have bias +inf.
+Ties go to the lower storage row (lexicographic order, as the other kernels).
+
+`ivf_scan_reference` (every row's key, masked to the probed lists, then `lax.top_k`) is
+the oracle; the XLA path is `jann.ivf.IVFIndex.scan` (list-major), which the tests check
+the kernel against through `IVFIndex.search_core(backend=...)`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from .topk import ScanConfig, fold_tile, multipass_top_k, next_pow2
+
+__all__ = ["DECODES", "DEFAULT_CONFIG", "ivf_scan_pallas", "ivf_scan_reference"]
+
+DECODES = ("float", "sq8", "direct")
+# One query per program; the tile width sets the rows read per step.
+DEFAULT_CONFIG = ScanConfig(block_q=1, block_n=64, max_k=128)
+
+
+def _decoder(decode: str):
+    def dequantize(codes, vmin, vdiff):
+        if decode == "sq8":
+            xi = (codes.astype(jnp.float32) + 0.5) / jnp.float32(255)
+            return vmin + xi * vdiff
+        return codes.astype(jnp.float32)
+    return dequantize
+
+
+def ivf_scan_reference(q, lists, offsets, payload, bias, centroids, k: int, metric: str,
+                       *, by_residual: bool, decode: str = "float", vmin=None, vdiff=None):
+    """The kernel's contract on the full (nq, N) key matrix (for tests): (keys (nq, k)
+    ascending, rows (nq, k)), (+inf, -1) where fewer than k rows qualify."""
+    nlist, n = offsets.shape[0] - 1, payload.shape[0]
+    d = q.shape[1]
+    vmin = jnp.zeros((d,), jnp.float32) if vmin is None else vmin
+    vdiff = jnp.ones((d,), jnp.float32) if vdiff is None else vdiff
+    x = _decoder(decode)(payload, vmin, vdiff)                               # (N, d)
+    row_list = (jnp.searchsorted(offsets, jnp.arange(n), side="right") - 1).clip(0, nlist - 1)
+    c = centroids[row_list]                                                  # (N, d)
+    if metric == "l2":
+        r = q[:, None, :] - c[None] if by_residual else jnp.broadcast_to(q[:, None, :], (q.shape[0], n, d))
+        keys = jnp.sum(r * r, -1) + bias[None, :] - 2 * jnp.sum(r * x[None], -1)
+    else:
+        keys = -jnp.einsum("qd,nd->qn", q, x) + bias[None, :]
+        if by_residual:
+            keys = keys - jnp.einsum("qd,nd->qn", q, c)
+    probed = jnp.any(row_list[None, :, None] == lists[:, None, :], axis=-1)
+    in_list = jnp.arange(n) < offsets[-1]
+    keys = jnp.where(probed & in_list[None, :] & ~jnp.isnan(keys), keys, jnp.inf)
+    take = min(k, n)
+    neg, rows = jax.lax.top_k(-keys, take)
+    keys, rows = -neg, jnp.where(jnp.isposinf(-neg), -1, rows)
+    pad = ((0, 0), (0, k - take))
+    return (jnp.pad(keys, pad, constant_values=jnp.inf),
+            jnp.pad(rows, pad, constant_values=-1))
+
+
+def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric: str, *,
+                    by_residual: bool, decode: str = "float", vmin=None, vdiff=None,
+                    config: ScanConfig = DEFAULT_CONFIG, interpret: bool = False):
+    """Each query's k best rows among the lists it probes; traceable, no validation.
+
+    q: (nq, d) float32 prepared queries; lists: (nq, P) int32 probed list ids (nlist =
+    unused); offsets: (nlist + 1,) int32 CSR list bounds; payload: (N, d) codes (float
+    vectors, or uint8 for "sq8" / "direct"); bias: (N,) float32 (module doc); centroids:
+    (nlist, d) float32; vmin / vdiff: (d,) or (1,) ranges for "sq8". Returns (keys
+    (nq, k) float32 ascending, rows (nq, k) int32 storage rows), (+inf, -1) where missing.
+    """
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"ivf_scan_pallas supports 'l2' and 'ip', got {metric!r}")
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    nq, d = q.shape
+    nlist, n = offsets.shape[0] - 1, payload.shape[0]
+    if nq == 0 or n == 0 or lists.shape[1] == 0:
+        return (jnp.full((nq, k), jnp.inf, jnp.float32), jnp.full((nq, k), -1, jnp.int32))
+    d_pad = next_pow2(d)
+    bn = config.block_n
+    ranges = jnp.stack([jnp.broadcast_to(jnp.zeros((d,), jnp.float32) if vmin is None
+                                         else vmin.astype(jnp.float32), (d,)),
+                        jnp.broadcast_to(jnp.ones((d,), jnp.float32) if vdiff is None
+                                         else vdiff.astype(jnp.float32), (d,))])
+    dequantize = _decoder(decode)
+    # Triton blocks are powers of two: queries zero-padded to d_pad, probes padded with
+    # the unused-probe sentinel.
+    q = jnp.pad(q.astype(jnp.float32), ((0, 0), (0, d_pad - d)))
+    n_probe = next_pow2(lists.shape[1])
+    lists = jnp.pad(lists.astype(jnp.int32), ((0, 0), (0, n_probe - lists.shape[1])),
+                    constant_values=nlist)
+
+    def kernel(q_ref, lists_ref, after_key_ref, after_row_ref, offsets_ref, payload_ref,
+               bias_ref, centroids_ref, ranges_ref, keys_ref, rows_ref):
+        col = jax.lax.broadcasted_iota(jnp.int32, (1, d_pad), 1)
+        real_col = col < d
+        cols = jnp.minimum(col, d - 1)
+        qv = jnp.where(real_col, q_ref[...], 0.0)                              # (1, d_pad)
+        vmin_, vdiff_ = ranges_ref[0, cols[0]][None, :], ranges_ref[1, cols[0]][None, :]
+        after_key, after_row = after_key_ref[...], after_row_ref[...]
+        lane = jax.lax.broadcasted_iota(jnp.int32, (bn,), 0)
+
+        def probe(p, buf):
+            lst = lists_ref[0, p]
+            used = lst < nlist
+            safe = jnp.clip(lst, 0, nlist - 1)
+            start = offsets_ref[safe]
+            end = jnp.where(used, offsets_ref[safe + 1], start)
+            centroid = jnp.where(real_col, centroids_ref[safe, cols[0]][None, :], 0.0)
+            if metric == "l2":
+                r = qv - centroid if by_residual else qv
+                base = jnp.sum(r * r)
+            else:
+                r = qv
+                base = -jnp.sum(qv * centroid) if by_residual else jnp.float32(0)
+
+            def tile(t, buf):
+                rows = start + t * bn + lane
+                safe_rows = jnp.minimum(rows, n - 1)
+                x = dequantize(payload_ref[safe_rows[:, None], cols[0][None, :]],
+                               vmin_, vdiff_)                                  # (bn, d_pad)
+                dots = jnp.sum(x * r, axis=1)                                  # (bn,)
+                scale = -2.0 if metric == "l2" else -1.0
+                keys = (base + bias_ref[safe_rows] + scale * dots)[None, :]
+                keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
+                keep = (rows < end)[None, :] & (
+                    (after_key[:, None] < keys)
+                    | ((after_key[:, None] == keys) & (after_row[:, None] < rows[None, :])))
+                return fold_tile(*buf, jnp.where(keep, keys, jnp.inf), rows)
+
+            return jax.lax.fori_loop(0, (end - start + bn - 1) // bn, tile, buf)
+
+        init = (jnp.full(keys_ref.shape, jnp.inf, jnp.float32),
+                -1 - jax.lax.broadcasted_iota(jnp.int32, keys_ref.shape, 1))
+        keys, rows = jax.lax.fori_loop(0, n_probe, probe, init)
+        keys_ref[...] = keys
+        rows_ref[...] = rows
+
+    def per_query(shape):
+        rest = tuple(shape[1:])
+        return pl.BlockSpec((1,) + rest, lambda i: (i,) + (0,) * len(rest))
+
+    def run_pass(k_pad, after_key, after_row):
+        out = per_query((nq, k_pad))
+        return pl.pallas_call(
+            kernel,
+            grid=(nq,),
+            in_specs=[per_query(q.shape), per_query(lists.shape), per_query((nq,)),
+                      per_query((nq,))] + [pl.no_block_spec] * 5,
+            out_specs=[out, out],
+            out_shape=[jax.ShapeDtypeStruct((nq, k_pad), jnp.float32),
+                       jax.ShapeDtypeStruct((nq, k_pad), jnp.int32)],
+            compiler_params=None if interpret else config.compiler_params(),
+            interpret=interpret,
+            name=f"jann_ivf_scan_{decode}_{metric}",
+        )(q, lists, after_key, after_row,
+          offsets.astype(jnp.int32), payload, bias.astype(jnp.float32),
+          centroids.astype(jnp.float32), ranges)
+
+    return multipass_top_k(run_pass, nq, k, config.max_k)
