@@ -1,8 +1,9 @@
 """Inverted-file indexes: IVF-Flat, IVF-PQ, IVF-SQ, IVF-RQ, and the flat-coded indexes.
 
 A coarse quantizer (a Flat index of `nlist` centroids, trained by k-means; or a graph
-index over them, "IVF65536_HNSW32,...", for large nlist) assigns each vector to a list; the list stores the vector's code (`codec.encode` of the vector, or of
-its residual from the centroid when `by_residual`). Search probes the `nprobe` nearest
+index over them, "IVF65536_HNSW32,...", for large nlist) assigns each vector to a list;
+the list stores the vector's code (`codec.encode` of the vector, or of its residual from
+the centroid when `by_residual`). Search probes the `nprobe` nearest
 lists of each query. An index with one list and no residual is a plain coded index
 ("PQ16", "SQ8", "RQ8x8"): the same storage and scan with a trivial quantizer.
 

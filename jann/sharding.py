@@ -27,13 +27,15 @@ ties broken by the smaller id, as the unsharded index orders sequential ids). Re
 the unsharded index's: Flat bit for bit; IVF (same quantizer, same probed lists) the same
 ids, distances to float32 rounding (a shard's list scan runs on blocks of another shape);
 graph: approximate, as the unsharded graph, but not its results (other graphs; each
-sub-graph is searched with the same ef over 1/S of the rows). Inside your own `shard_map`, use `search_shard` (per-device search + merge).
+sub-graph is searched with the same ef over 1/S of the rows). Inside your own
+`shard_map`, use `search_shard` (per-device search + merge).
 
 Ids. Shards store the user-visible ids: an index with sequential ids keeps them global
 (0..ntotal-1, numbered in the order vectors were added, as unsharded); after `remove_ids`
-Flat renumbers them and IVF and graph indexes keep them, as the unsharded indexes do. Placement options: `dtype=` ("float16",
-"bfloat16": Flat storage) and `ids=` ("int32", "int64"; int64 needs jax_enable_x64; an
-add whose ids do not fit int32 is refused, never truncated).
+Flat renumbers them and IVF and graph indexes keep them, as the unsharded indexes do.
+Placement options: `dtype=` ("float16", "bfloat16": Flat storage) and `ids=` ("int32",
+"int64"; int64 needs jax_enable_x64; an add whose ids do not fit int32 is refused, never
+truncated).
 
 Build. `jann.train` of a sharded IVF index runs the coarse k-means with `kmeans_sharded`:
 sums and counts are reduced across devices with `psum`, so the training vectors stay

@@ -59,7 +59,7 @@ def ivf_scan_reference(q, lists, offsets, payload, bias, centroids, k: int, metr
     row_list = (jnp.searchsorted(offsets, jnp.arange(n), side="right") - 1).clip(0, nlist - 1)
     c = centroids[row_list]                                                  # (N, d)
     if metric == "l2":
-        r = q[:, None, :] - c[None] if by_residual else jnp.broadcast_to(q[:, None, :], (q.shape[0], n, d))
+        r = q[:, None, :] - c[None] if by_residual else q[:, None, :] + jnp.zeros_like(c)
         keys = jnp.sum(r * r, -1) + bias[None, :] - 2 * jnp.sum(r * x[None], -1)
     else:
         keys = -jnp.einsum("qd,nd->qn", q, x) + bias[None, :]
