@@ -128,3 +128,11 @@ def delegated_search_params(inner, description: str, params: dict) -> dict:
                 f"{description} takes no search parameters, got {sorted(params)}")
         return {}
     return checker(**params)
+
+
+def split_search_params(params: dict):
+    """(static, dynamic) search parameters: plain Python values (a graph's ef, RFlat's
+    k_factor) select a compiled program; arrays (IVF's exact nprobe inside its bucket)
+    are traced arguments, so changing them does not recompile."""
+    dynamic = {k: v for k, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
+    return {k: v for k, v in params.items() if k not in dynamic}, dynamic

@@ -21,7 +21,8 @@ import numpy as np
 
 from jann import _storage
 from jann._inputs import (
-    as_array, as_ids, as_vectors, check_finite, delegated_search_params, is_traced)
+    as_array, as_ids, as_vectors, check_finite, delegated_search_params, is_traced,
+    split_search_params)
 from jann.errors import (
     DuplicateIdError, IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
 from jann.ops import distances as dist_ops
@@ -239,10 +240,9 @@ def _search_params(index, params: dict):
     """(static, dynamic) search parameters: plain Python values select a compiled program;
     array values (e.g. the exact nprobe inside its power-of-two bucket) are traced
     arguments, so changing them does not recompile."""
-    checked = delegated_search_params(index, index.describe(), params)
-    dynamic = {k: v for k, v in checked.items() if isinstance(v, (jax.Array, np.ndarray))}
-    static = tuple(sorted((k, v) for k, v in checked.items() if k not in dynamic))
-    return static, dynamic
+    static, dynamic = split_search_params(delegated_search_params(index, index.describe(),
+                                                                  params))
+    return tuple(sorted(static.items())), dynamic
 
 
 def _check_selector(selector):

@@ -69,7 +69,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jann import _storage
-from jann._inputs import as_vectors, check_finite, delegated_search_params
+from jann._inputs import (as_vectors, check_finite, delegated_search_params,
+                          split_search_params)
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
 from jann import graph as graph_lib
@@ -264,7 +265,7 @@ class ShardedIndex:
         return jnp.pad(xq, ((0, extra), (0, 0))) if extra else xq
 
     def search_core(self, xq, k: int, selector=None, **params):
-        static, dynamic = _split_params(params)
+        static, dynamic = split_search_params(params)
         nq = xq.shape[0]
         qspec = P(self.query_axis)
         axis = self.shard_axis
@@ -281,7 +282,7 @@ class ShardedIndex:
         return distances[:nq], ids[:nq]
 
     def range_core(self, xq, radius, capacity: int, selector=None, **params):
-        static, dynamic = _split_params(params)
+        static, dynamic = split_search_params(params)
         nq = xq.shape[0]
         qspec = P(self.query_axis)
         axis = self.shard_axis
@@ -430,13 +431,6 @@ class ShardedIndex:
         return dataclasses.replace(self, index=_place(stacked, self.mesh, self.spec))
 
 
-def _split_params(params):
-    """Search parameters as (static: Python values, e.g. a graph's ef or gather_fraction;
-    dynamic: arrays, e.g. IVF's exact nprobe), as `jann.search` splits them."""
-    dynamic = {n: v for n, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
-    return {n: v for n, v in params.items() if n not in dynamic}, dynamic
-
-
 # ------------------------------------------------------------------------- merging
 def merge_results(distances, ids, axis_name, k: int | None = None, *, similarity=False):
     """Inside shard_map: merge every device's (nq, k) results over `axis_name` into the
@@ -577,35 +571,41 @@ def _with_id_mode(index, id_mode: str):
 # built (on the host, `graph.build`) over every S-th of the rows in id order; a query
 # searches every sub-graph and the per-shard results are merged (each sub-graph holds
 # 1/S of the rows, so ef per shard buys more recall than on the whole graph).
-def _graph_stack(graph: GraphIndex, nshards: int):
-    """Stacked sub-graphs (ids stored as given: "idmap" shards) of graph's live rows."""
-    if not graph.is_trained:
-        raise InvalidInputError(f"train the {graph.describe()} index before sharding it")
-    vectors, ids = graph_lib.live_rows(graph)
+def _rows_by_id(graphs):
+    """(vectors, ids) of the live rows of `graphs`, in id order, on the host."""
+    rows = [graph_lib.live_rows(g) for g in graphs]
+    vectors = np.concatenate([v for v, _ in rows])
+    ids = np.concatenate([i for _, i in rows])
     order = np.argsort(ids, kind="stable")
-    vectors, ids = vectors[order], ids[order]
-    if ids.size and ids.size // nshards <= graph.graph_degree:
+    return vectors[order], ids[order]
+
+
+def _sub_graph_stack(template: GraphIndex, vectors, ids, nshards: int):
+    """Stacked sub-graphs (ids stored as given: "idmap" shards) over every nshards-th of
+    the rows (vectors, ids), with template's configuration."""
+    if ids.size and ids.size // nshards <= template.graph_degree:
         raise InvalidInputError(
             f"{ids.size} vectors over {nshards} shards leave fewer than graph_degree + 1 = "
-            f"{graph.graph_degree + 1} per shard to build a sub-graph from: use fewer "
+            f"{template.graph_degree + 1} per shard to build a sub-graph from: use fewer "
             "devices, a lower degree, or shard the index once it holds more vectors")
-    template = graph_lib.emptied(graph)
-    shards = [graph_lib.build(template, vectors[p::nshards], ids[p::nshards])
-              if p < ids.size else template for p in range(nshards)]
+    empty = graph_lib.emptied(template)
+    shards = [graph_lib.build(empty, vectors[p::nshards], ids[p::nshards])
+              if p < ids.size else empty for p in range(nshards)]
     capacity = _storage.fitted_capacity(max(_storage.host_int(g.count) for g in shards))
     return jax.tree.map(lambda *a: jnp.stack(a), *(g.grown(capacity) for g in shards))
 
 
+def _unstacked(stack):
+    return [jax.tree.map(lambda a: a[s], stack) for s in range(stack.count.shape[0])]
+
+
 def _merge_graph_stack(stack, id_mode: str):
     """One graph over the live rows of every sub-graph (rebuilt, ids kept)."""
-    shards = [jax.tree.map(lambda a: a[s], stack) for s in range(stack.count.shape[0])]
-    rows = [graph_lib.live_rows(g) for g in shards]
-    vectors = np.concatenate([v for v, _ in rows])
-    ids = np.concatenate([i for _, i in rows])
-    order = np.argsort(ids, kind="stable")
+    shards = _unstacked(stack)
+    vectors, ids = _rows_by_id(shards)
     merged = graph_lib.emptied(shards[0])
     if ids.size:
-        merged = graph_lib.build(merged, vectors[order], ids[order])
+        merged = graph_lib.build(merged, vectors, ids)
     if id_mode == "sequential":  # the next id: rows ever added over all shards
         merged = dataclasses.replace(merged, id_mode="sequential",
                                      n_added=jnp.sum(jnp.asarray(stack.n_added), dtype=jnp.int32))
@@ -702,8 +702,11 @@ def shard(index, mesh: Mesh, axis: str | None = None, *, query_axis: str | None 
     index = _convert(index, dtype, ids)
     nshards = mesh.shape[axis]
     if isinstance(index, GraphIndex):
-        return ShardedIndex(_place(_graph_stack(index, nshards), mesh, P(axis)), mesh, axis,
-                            query_axis, index.id_mode)
+        if not index.is_trained:
+            raise InvalidInputError(f"train the {index.describe()} index before sharding it")
+        stacked = _sub_graph_stack(index, *_rows_by_id([index]), nshards)
+        return ShardedIndex(_place(stacked, mesh, P(axis)), mesh, axis, query_axis,
+                            index.id_mode)
     id_mode = index.id_mode
     if id_mode == "sequential":
         index = _with_id_mode(index, "idmap")  # shards store the global ids
@@ -967,9 +970,10 @@ def _regraph(stack, info, mesh, axis, query_axis):
             f"{mesh.shape[axis]} by rebuilding its sub-graphs on one host, but the mesh "
             "spans several processes: restore onto the saved device count, or load it "
             "without a mesh and jann.shard it")
-    merged = _merge_graph_stack(jax.device_get(stack), "idmap")
-    return ShardedIndex(_place(_graph_stack(merged, mesh.shape[axis]), mesh, P(axis)), mesh,
-                        axis, query_axis, info["id_mode"])
+    shards = _unstacked(jax.device_get(stack))
+    stacked = _sub_graph_stack(shards[0], *_rows_by_id(shards), mesh.shape[axis])
+    return ShardedIndex(_place(stacked, mesh, P(axis)), mesh, axis, query_axis,
+                        info["id_mode"])
 
 
 def is_sharded(index) -> bool:
