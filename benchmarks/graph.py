@@ -28,7 +28,7 @@ from pathlib import Path
 from benchmarks import _common
 
 DEFAULT_DATASET = _common.REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"
-EFS = (16, 32, 64, 128, 256)
+EFS = (10, 12, 16, 20, 24, 32, 64, 128)
 
 
 def parse_args(argv=None):
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=str(DEFAULT_DATASET))
     p.add_argument("--nb", type=int, default=None, help="use the first N base rows")
     p.add_argument("--nq", type=int, default=None, help="use the first N queries")
-    p.add_argument("--jann", nargs="+", default=["HNSW16"], help="jann factory strings")
+    p.add_argument("--jann", nargs="+", default=["HNSW16", "HNSW16,SQfp16"],
+                   help="jann factory strings")
     p.add_argument("--efs", nargs="+", type=int, default=list(EFS))
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)

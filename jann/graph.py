@@ -9,11 +9,13 @@ out-edges (row numbers, -1 for an empty slot) with the distance of each edge.
 
 Build (every `add`, from empty or not; no separate build step):
 1. candidates: the `intermediate_degree` nearest stored rows of each new vector. While
-   the capacity is at most `EXACT_BUILD_MAX` rows they are exact (the streamed
-   `jann.ops.knn_scan` / `knn_hamming_scan` over all stored rows, new ones included);
-   beyond it, a beam search of the existing graph (ef = intermediate_degree) merged with
+   the graph holds fewer than `EXACT_BUILD_MAX` rows they are exact (the streamed
+   `jann.ops.knn_scan` / `knn_hamming_scan` over the stored rows, new ones included);
+   beyond, a beam search of the existing graph (ef = intermediate_degree) merged with
    the exact neighbours inside the added batch (the way HNSW and CAGRA's `extend`
-   insert), so adds stay O(batch * search) instead of O(batch * n).
+   insert), so adds stay O(batch * search) instead of O(batch * n). A large add is
+   linked `INSERT_BATCH` rows at a time (a `lax.fori_loop`), each batch into the graph
+   the earlier ones built.
 2. pruning to `graph_degree`: HNSW's heuristic (FAISS `shrink_neighbor_list`: keep a
    candidate unless an already kept one is closer to it than the node is), then the
    slots left are filled with the nearest pruned candidates, so every node has exactly
@@ -27,18 +29,23 @@ Build (every `add`, from empty or not; no separate build step):
    reachable row), written into a tail slot; repeated until every row is reachable
    (at most `REPAIR_ROUNDS` rounds; the tests check the result).
 
-Search: `ef` (alias `efSearch`, CAGRA's itopk) candidates per query, sorted; each
-iteration expands the `search_width` best unexpanded ones, computes the distances of all
-their neighbours at once (one gather + batched dot products for a whole block of
-queries) and merges them in; a per-query visited bitset keeps every row from entering
-the beam twice. The loop (`lax.while_loop`, inside jit) stops when no query of the block
-has an unexpanded candidate, or after `max_iterations`. Entry points: "random" (the
-default, as CAGRA: `ef` rows sampled with the index's key, shared by the queries, plus
-the fixed entries) or "fixed" (the stored entries only). ef < k is clamped to k.
-`gather_fraction` < 1 computes distances for only that share of each iteration's
-neighbours, unvisited ones first (about 20% more QPS at 0.5 on Fashion-MNIST, recall
--0.003). `selector=` is applied during the search: rows it rejects (and tombstoned rows) are
-traversed but never returned, and the k best accepted rows seen are kept apart.
+Search: `ef` (alias `efSearch`, CAGRA's itopk) candidates per query, sorted. Each query
+starts from the ef nearest of a shared set of start rows ("nearest", the default: the
+fixed entries plus ENTRY_SAMPLE rows spread over storage, ranked by one matrix product,
+a stand-in for HNSW's upper layers; "random": the fixed entries plus ef rows sampled
+with the index's key, as CAGRA; "fixed": the fixed entries only). Queries are searched
+in blocks grouped by their nearest start row, so a block walks one region of the graph
+and its fetched rows stay in cache. Each iteration expands the `search_width` best
+unexpanded candidates (default 2), keeps their neighbours that the query has not
+visited (a per-query bitset; a row never enters the beam twice), computes the distances
+of the first `gather_fraction` * width * degree of them (default: one list's worth; the
+others stay unvisited for a later expansion) with one gather and batched dot products
+for the whole block, and merges them in. The loop (`lax.while_loop`, inside jit) stops
+when no query of the block has an unexpanded candidate, or after `max_iterations`
+(default ef / width + 8). ef < k is clamped to k. `selector=` is applied during the
+search: rows it rejects (and tombstoned rows) are traversed but never returned, and the
+k best accepted rows seen are kept apart. On CPU a block is 32 queries (cache); on
+accelerators it is sized by memory (up to MAX_QUERY_BLOCK).
 
 Updates: `add` inserts as above; `remove_ids` sets tombstones (rows stay in the graph as
 waypoints, never returned); `compact` rebuilds the graph over the live rows only;
@@ -53,6 +60,7 @@ entry points): "HNSW<M>" -> graph_degree 2*M, intermediate_degree 3*M;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 
@@ -71,9 +79,13 @@ from jann.ops.topk import smallest_k_padded
 __all__ = ["EXACT_BUILD_MAX", "GraphIndex", "build", "compact", "emptied", "live_rows",
            "reachable"]
 
-# Up to this capacity an add finds its candidates by exact k-NN over every stored row
-# (O(n) per added row); above it, by searching the graph built so far.
+# Until the graph holds this many rows an add finds its candidates by exact k-NN over
+# the stored rows (O(n) per added row); beyond, by searching the graph built so far, in
+# batches of INSERT_BATCH rows. Measured, Fashion-MNIST 60000 x 784 HNSW16 on 2 cores:
+# exact throughout 43.7 s, recall@10 0.951 at ef 16; a bound of 32768 rows 26.8 s, 0.946;
+# 16384 rows 25.5 s, 0.943. The exact graph is kept up to this size for its recall.
 EXACT_BUILD_MAX = 1 << 17
+INSERT_BATCH = 1 << 12
 ENTRY_POINTS = 16
 REPAIR_ROUNDS = 8
 # Rows pruned per step: a (block, K, K) distance table plus the (block, K, d) vectors.
@@ -82,7 +94,17 @@ PRUNE_BYTES = 64 << 20
 # iteration stay under this many bytes.
 SEARCH_BLOCK_BYTES = 96 << 20
 MAX_QUERY_BLOCK = 1024
+# On CPU a block of 32 queries keeps an iteration's gathered rows in cache (Fashion-MNIST
+# HNSW16, 2 cores: 6.9k QPS at 32 vs 3.6k at 1024); XLA runs such small loops on one core.
+CPU_QUERY_BLOCK = 32
+# Queries whose starting beams are computed at once (a (block, ENTRY_SAMPLE) matrix).
+INITIAL_QUERY_BLOCK = 1024
+# Rows sampled as starting points for entry="nearest", the stand-in for HNSW's upper
+# layers: one matrix product finds each query's nearest ones.
+ENTRY_SAMPLE = 512
 DEFAULT_EF = 64
+DEFAULT_WIDTH = 2
+ENTRIES = ("nearest", "random", "fixed")
 
 
 def _pow2_floor(x: int) -> int:
@@ -261,28 +283,44 @@ class GraphIndex:
         squared l2, -inner product, or Hamming; +inf where rows < 0."""
         x = self._rows_form(rows)
         if self.binary:
-            keys = jnp.sum(jax.lax.population_count(
-                jnp.bitwise_xor(qf[:, None, :], x)).astype(jnp.int32), -1).astype(jnp.float32)
+            return self._keys(rows, hamming=jnp.sum(jax.lax.population_count(
+                jnp.bitwise_xor(qf[:, None, :], x)).astype(jnp.int32), -1))
+        return self._keys(rows, qf, jnp.einsum("qd,qcd->qc", qf, x,
+                                               preferred_element_type=jnp.float32))
+
+    def _keys_to_shared(self, qf, rows, x):
+        """`_keys_to` for S rows shared by all queries (x: their vectors / words): a
+        matrix product rather than a per-query gather. Keys (nq, S)."""
+        if self.binary:
+            return self._keys(rows[None, :], hamming=jnp.sum(jax.lax.population_count(
+                jnp.bitwise_xor(qf[:, None, :], x[None])).astype(jnp.int32), -1))
+        return self._keys(rows[None, :], qf,
+                          jnp.matmul(qf, x.T, preferred_element_type=jnp.float32))
+
+    def _keys(self, rows, qf=None, dots=None, hamming=None):
+        """Keys from query-row dot products (or Hamming distances); +inf for NaN and for
+        rows < 0. rows broadcasts against the (nq, C) dots."""
+        if hamming is not None:
+            keys = hamming.astype(jnp.float32)
+        elif self.metric == "l2":
+            safe = jnp.clip(rows, 0, max(self.capacity - 1, 0))
+            keys = self.norms[safe] - 2.0 * dots + jnp.sum(qf * qf, -1, keepdims=True)
+            keys = jnp.maximum(keys, 0.0)
         else:
-            dots = jnp.einsum("qd,qcd->qc", qf, x, preferred_element_type=jnp.float32)
-            if self.metric == "l2":
-                safe = jnp.clip(rows, 0, max(self.capacity - 1, 0))
-                keys = self.norms[safe] - 2.0 * dots + jnp.sum(qf * qf, -1, keepdims=True)
-                keys = jnp.maximum(keys, 0.0)
-            else:
-                keys = -dots
+            keys = -dots
         keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
         return jnp.where(rows >= 0, keys, jnp.inf)
 
-    def _exact_candidates(self, q, k, valid):
-        """(keys, rows) of the k nearest stored rows among `valid`, exact."""
+    def _exact_candidates(self, q, k, valid, n_rows=None):
+        """(keys, rows) of the k nearest stored rows among `valid`, exact; n_rows: only
+        the leading rows exist (the others' tiles are not computed)."""
         if self.binary:
             dist, rows = hamming.knn_hamming_scan(q, self.payload, k, xb_valid=valid)
             keys = jnp.where(rows < 0, jnp.inf, dist.astype(jnp.float32))
             return keys, rows
         decoded = self.codec.decode(self.payload)
         dist, rows = knn_scan(q, decoded, k, self._scan_metric, xb_sqnorms=self.norms,
-                              xb_valid=valid)
+                              xb_valid=valid, n_rows=n_rows)
         keys = dist if self.metric == "l2" else -dist
         return jnp.where(rows < 0, jnp.inf, keys), rows
 
@@ -309,55 +347,118 @@ class GraphIndex:
         grown = dataclasses.replace(self, payload=payload, norms=stored_norms, ids=stored_ids,
                                     deleted=deleted, count=count)
 
-        cand_keys, cand_rows = grown._candidates(q, rows_new, new_ok)
-        fwd_rows, fwd_keys = grown._prune(cand_rows, cand_keys)
-        target = jnp.where(new_ok, rows_new, self.capacity)
-        neighbors = grown.neighbors.at[target].set(fwd_rows, mode="drop")
-        edge_keys = grown.edge_keys.at[target].set(fwd_keys, mode="drop")
-        neighbors, edge_keys = _reverse_edges(neighbors, edge_keys, rows_new, new_ok,
-                                              fwd_rows, fwd_keys)
-        entries = jnp.where(self.count == 0, grown._first_entries(q, rows_new, new_ok),
-                            self.entries)
-        neighbors, edge_keys = _repair(neighbors, edge_keys, entries, count)
+        entries = self.entries
+        if self.capacity <= EXACT_BUILD_MAX or n <= INSERT_BATCH:
+            entries = jnp.where(self.count == 0, grown._first_entries(q, rows_new, new_ok),
+                                entries)
+            grown = dataclasses.replace(grown, entries=entries)
+            neighbors, edge_keys = grown._link(q, rows_new, new_ok, count)
+        else:
+            neighbors, edge_keys, entries = grown._link_in_batches(q, rows_new, new_ok,
+                                                                   self.count == 0)
         n_added = jnp.where(accept, self.n_added + n_valid, self.n_added).astype(jnp.int32)
         return dataclasses.replace(grown, neighbors=neighbors, edge_keys=edge_keys,
                                    entries=entries, n_added=n_added,
                                    status=self.status | status)
 
-    def _candidates(self, q, rows_new, new_ok):
-        """(keys, rows) (n, K): each new row's K nearest other stored rows."""
+    def _link(self, q, rows_new, new_ok, linked):
+        """(neighbors, edge_keys) with the appended rows `rows_new` (those `new_ok`)
+        linked in: candidates, pruning, reverse edges, connectivity repair. Only the rows
+        below `linked` take part (rows appended for a later batch are not linked yet)."""
+        cand_keys, cand_rows = self._candidates(q, rows_new, new_ok, linked)
+        fwd_rows, fwd_keys = self._prune(cand_rows, cand_keys)
+        target = jnp.where(new_ok, rows_new, self.capacity)
+        neighbors = self.neighbors.at[target].set(fwd_rows, mode="drop")
+        edge_keys = self.edge_keys.at[target].set(fwd_keys, mode="drop")
+        neighbors, edge_keys = _reverse_edges(neighbors, edge_keys, rows_new, new_ok,
+                                              fwd_rows, fwd_keys)
+        return _repair(neighbors, edge_keys, self.entries, linked)
+
+    def _link_in_batches(self, q, rows_new, new_ok, was_empty):
+        """`_link` over INSERT_BATCH rows at a time, each batch linked into the graph the
+        earlier ones built: past EXACT_BUILD_MAX rows a batch searches the graph for its
+        candidates, so a large add costs O(n * search) rather than O(n^2), and the exact
+        neighbours inside a batch cost INSERT_BATCH^2 rather than n^2."""
+        S = INSERT_BATCH
+        n = q.shape[0]
+        pad = -n % S
+        if pad:
+            q = jnp.pad(q, ((0, pad), (0, 0)))
+            rows_new = jnp.concatenate([rows_new, rows_new[-1] + 1 + jnp.arange(pad,
+                                                                                 dtype=jnp.int32)])
+            new_ok = jnp.pad(new_ok, (0, pad))
+        entries = jnp.where(was_empty, self._first_entries(q[:S], rows_new[:S], new_ok[:S]),
+                            self.entries)
+        graph = dataclasses.replace(self, entries=entries)
+        n_batches = (jnp.sum(new_ok, dtype=jnp.int32) + S - 1) // S
+
+        def body(i, state):
+            neighbors, edge_keys = state
+            part = [jax.lax.dynamic_slice_in_dim(a, i * S, S) for a in (q, rows_new, new_ok)]
+            linked = jnp.minimum(part[1][-1] + 1, self.count)
+            current = dataclasses.replace(graph, neighbors=neighbors, edge_keys=edge_keys)
+            return current._link(*part, linked)
+
+        neighbors, edge_keys = jax.lax.fori_loop(0, n_batches, body,
+                                                 (self.neighbors, self.edge_keys))
+        return neighbors, edge_keys, entries
+
+    def _candidates(self, q, rows_new, new_ok, linked):
+        """(keys, rows) (n, K): each new row's K nearest other rows below `linked`."""
         K = self.intermediate_degree
-        usable = self.live() & ~self.deleted
+        usable = self.live() & ~self.deleted & (jnp.arange(self.capacity) < linked)
+
+        def exact():
+            return self._exact_candidates(q, K + 1, usable, n_rows=linked)
+
+        def searched():
+            return self._searched_candidates(q, rows_new, new_ok, usable)
+
         if self.capacity <= EXACT_BUILD_MAX:
-            keys, rows = self._exact_candidates(q, K + 1, usable)
+            keys, rows = exact()
         else:
-            old = usable & (jnp.arange(self.capacity) < rows_new[0])
-            g_keys, g_rows = self._beam_search(
-                self._query_form(q), K, ef=K, width=1, max_iterations=2 * K + 32,
-                entry="random", seed=0, allowed=lambda r: old[jnp.maximum(r, 0)])
-            new_codes = self.payload[jnp.clip(rows_new, 0, self.capacity - 1)]
-            batch = dataclasses.replace(self, payload=new_codes,
-                                        norms=self.norms[jnp.clip(rows_new, 0,
-                                                                  self.capacity - 1)])
-            b_keys, b_cols = batch._exact_candidates(q, min(K + 1, q.shape[0]), new_ok)
-            b_rows = jnp.where(b_cols >= 0, rows_new[jnp.maximum(b_cols, 0)], -1)
-            keys = jnp.concatenate([g_keys, b_keys], 1)
-            rows = jnp.concatenate([g_rows, b_rows], 1)
+            keys, rows = jax.lax.cond(rows_new[0] < EXACT_BUILD_MAX, exact, searched)
         keys = jnp.where(rows == rows_new[:, None], jnp.inf, keys)  # not its own neighbour
         keys, cols = smallest_k_padded(keys, K)
         rows = jnp.where(cols >= 0, jnp.take_along_axis(rows, jnp.maximum(cols, 0), 1), -1)
         return keys, rows
 
+    def _searched_candidates(self, q, rows_new, new_ok, usable):
+        """(keys, rows) (n, K + 1): the K nearest rows the graph search finds among the
+        rows stored before this add, merged with the exact neighbours inside the batch."""
+        K = self.intermediate_degree
+        old = usable & (jnp.arange(self.capacity) < rows_new[0])
+        g_keys, g_rows = self._beam_search(
+            self._query_form(q), K, ef=K, width=DEFAULT_WIDTH, max_iterations=K,
+            entry="nearest", seed=0,
+            allowed=lambda r: old[jnp.maximum(r, 0)], n_queries=jnp.sum(new_ok),
+            linked=rows_new[0])
+        new_codes = self.payload[jnp.clip(rows_new, 0, self.capacity - 1)]
+        batch = dataclasses.replace(self, payload=new_codes,
+                                    norms=self.norms[jnp.clip(rows_new, 0, self.capacity - 1)])
+        b_keys, b_cols = batch._exact_candidates(q, min(K + 1, q.shape[0]), new_ok)
+        b_rows = jnp.where(b_cols >= 0, rows_new[jnp.maximum(b_cols, 0)], -1)
+        keys, cols = smallest_k_padded(jnp.concatenate([g_keys, b_keys], 1), K + 1)
+        rows = jnp.concatenate([g_rows, b_rows], 1)
+        return keys, jnp.where(cols >= 0, jnp.take_along_axis(rows, jnp.maximum(cols, 0), 1),
+                               -1)
+
     def _pairwise(self, rows):
         """(B, K, K) keys between the candidate rows of each node."""
-        x = self._rows_form(rows)
         if self.binary:
+            x = self._rows_form(rows)
             keys = jnp.sum(jax.lax.population_count(jnp.bitwise_xor(
                 x[:, :, None, :], x[:, None, :, :])).astype(jnp.int32), -1).astype(jnp.float32)
         else:
-            dots = jnp.einsum("bid,bjd->bij", x, x, preferred_element_type=jnp.float32)
+            # One (K, d) x (d, K) product per node: on CPU 3x faster than the batched
+            # product of the whole block (20000 x 784 HNSW16 build: prune 3.2 -> ~1 s).
+            def gram(node_rows):
+                x = self._rows_form(node_rows)
+                return jnp.matmul(x, x.T, preferred_element_type=jnp.float32), \
+                    jnp.sum(x * x, -1)
+
+            dots, n = jax.lax.map(gram, rows)
             if self.metric == "l2":
-                n = jnp.sum(x * x, -1)
                 keys = n[:, :, None] + n[:, None, :] - 2.0 * dots
             else:
                 keys = -dots
@@ -423,11 +524,11 @@ class GraphIndex:
             raise InvalidInputError("give ef or efSearch (the same knob), not both")
         ef = efSearch if ef is None else ef
         out = {"ef": _positive_int(DEFAULT_EF if ef is None else ef, "ef"),
-               "width": _positive_int(1 if search_width is None else search_width,
+               "width": _positive_int(DEFAULT_WIDTH if search_width is None else search_width,
                                       "search_width"),
-               "entry": "random" if entry is None else entry}
-        if out["entry"] not in ("random", "fixed"):
-            raise InvalidInputError(f"entry must be 'random' or 'fixed', got {entry!r}")
+               "entry": "nearest" if entry is None else entry}
+        if out["entry"] not in ENTRIES:
+            raise InvalidInputError(f"entry must be one of {ENTRIES}, got {entry!r}")
         if max_iterations is not None:
             out["max_iterations"] = _positive_int(max_iterations, "max_iterations")
         if gather_fraction is not None:
@@ -438,9 +539,13 @@ class GraphIndex:
             out["gather_fraction"] = float(gather_fraction)
         return out
 
-    def search_core(self, xq, k: int, selector=None, ef: int = DEFAULT_EF, width: int = 1,
-                    max_iterations: int | None = None, entry: str = "random", seed: int = 0,
-                    gather_fraction: float = 1.0):
+    # Padded query rows (`n_queries` given) are not searched.
+    skips_padded_queries = True
+
+    def search_core(self, xq, k: int, selector=None, ef: int = DEFAULT_EF,
+                    width: int = DEFAULT_WIDTH, max_iterations: int | None = None,
+                    entry: str = "nearest", seed: int = 0, gather_fraction: float | None = None,
+                    n_queries=None):
         fill = -jnp.inf if self.metric in ("ip", "cosine") else jnp.inf
         if self.capacity == 0:
             shape = (xq.shape[0], k)
@@ -448,7 +553,7 @@ class GraphIndex:
         L = max(ef, k)  # ef < k is clamped: the beam must hold k results
         # Measured on Fashion-MNIST: queries converge in about ef / width iterations; a
         # block runs until its slowest query is done, so a looser cap mostly buys time.
-        max_iterations = max_iterations or L // width + 16
+        max_iterations = max_iterations or L // width + 8
         qf = self._query_form(self._prepare(xq))
         allowed = None
         if selector is not None:
@@ -456,7 +561,8 @@ class GraphIndex:
             allowed = lambda r: ok[jnp.clip(r, 0, max(self.capacity - 1, 0))]
         keys, rows = self._beam_search(qf, k, ef=L, width=width,
                                        max_iterations=max_iterations, entry=entry, seed=seed,
-                                       allowed=allowed, gather_fraction=gather_fraction)
+                                       allowed=allowed, gather_fraction=gather_fraction,
+                                       n_queries=n_queries)
         ids = jnp.where(rows >= 0, self.ids[jnp.clip(rows, 0, max(self.capacity - 1, 0))], -1)
         if self.metric in ("ip", "cosine"):
             return jnp.where(rows >= 0, -keys, -jnp.inf), ids
@@ -468,43 +574,81 @@ class GraphIndex:
             4 * (max(self.d, 1) if not self.binary else self.d // 32 + 1) + 16)
         return int(max(8, min(MAX_QUERY_BLOCK, _pow2_floor(SEARCH_BLOCK_BYTES // per_query))))
 
-    def _initial_rows(self, L, entry, seed):
-        """Rows every query starts from: the fixed entries, plus L random rows."""
+    def _start_rows(self, L, entry, seed, linked=None):
+        """Rows shared by every query as starting candidates: the fixed entries, plus
+        ENTRY_SAMPLE rows spread evenly over the first `linked` rows (default: all)
+        ("nearest") or L random ones ("random")."""
+        linked = self.count if linked is None else linked
         rows = self.entries
-        if entry == "random":
+        if entry == "nearest":
+            spread = (jnp.arange(ENTRY_SAMPLE) * linked) // ENTRY_SAMPLE
+            rows = jnp.concatenate([rows, spread.astype(jnp.int32)])
+        elif entry == "random":
             key = jax.random.fold_in(jax.random.wrap_key_data(self.rng), seed)
-            sampled = jax.random.randint(key, (L,), 0, jnp.maximum(self.count, 1),
+            sampled = jax.random.randint(key, (L,), 0, jnp.maximum(linked, 1),
                                          dtype=jnp.int32)
-            rows = jnp.concatenate([rows, jnp.where(self.count > 0, sampled, -1)])
-        rows = jnp.where(rows < self.count, rows, -1)
+            rows = jnp.concatenate([rows, jnp.where(linked > 0, sampled, -1)])
+        rows = jnp.where(rows < linked, rows, -1)
         return _unique_rows(rows)
 
     def _beam_search(self, qf, k, *, ef, width, max_iterations, entry, seed, allowed,
-                     gather_fraction=1.0):
-        """(keys, rows) (nq, k) of the k best rows found (allowed ones when given)."""
+                     gather_fraction=None, n_queries=None, linked=None):
+        """(keys, rows) (nq, k) of the k best rows found (allowed ones when given).
+
+        Each query starts from the L nearest of the shared start rows. Queries are then
+        searched in blocks grouped by their nearest start row, so a block's queries walk
+        the same region of the graph and reuse each other's fetched rows in cache
+        (Fashion-MNIST, 2 CPU cores: +15% QPS); results do not depend on the grouping.
+        n_queries: the leading rows that are real; blocks of padding rows are skipped.
+        linked: start rows are drawn from the rows below it (an add's unlinked rows are
+        not)."""
         L, W, R = ef, width, self.graph_degree
-        gather = W * R if gather_fraction >= 1 else max(1, int(np.ceil(W * R * gather_fraction)))
-        cap = self.capacity
-        words = -(-cap // 32)
-        start = self._initial_rows(L, entry, seed)
-        start_bits = jnp.zeros((words,), jnp.uint32).at[jnp.maximum(start, 0) >> 5].add(
-            jnp.where(start >= 0, jnp.left_shift(jnp.uint32(1),
-                                                 (jnp.maximum(start, 0) & 31).astype(jnp.uint32)),
-                      jnp.uint32(0)))
+        share = 1.0 / W if gather_fraction is None else gather_fraction
+        gather = W * R if share >= 1 else max(1, int(np.ceil(W * R * share)))
+        words = -(-self.capacity // 32)
+        start = self._start_rows(L, entry, seed, linked)
+        start_x = self._rows_form(start)
+        nq = qf.shape[0]
+
+        def initial_beam(q):
+            keys = self._keys_to_shared(q, start, start_x)
+            keys, cols = smallest_k_padded(keys, L)
+            return keys, jnp.where(cols >= 0, start[jnp.maximum(cols, 0)], -1)
+
+        init_keys, init_rows = map_query_blocks(initial_beam, qf, INITIAL_QUERY_BLOCK,
+                                                n_queries)
+        real = jnp.arange(nq) < (nq if n_queries is None else n_queries)
+        order = jnp.argsort(jnp.where(real, init_rows[:, 0], self.capacity), stable=True)
+        grouped = (qf[order], init_keys[order], init_rows[order])
+        search = functools.partial(self._search_blocks, k=k, L=L, W=W, gather=gather,
+                                   words=words, max_iterations=max_iterations,
+                                   allowed=allowed, n_queries=n_queries)
+        keys, rows = jax.lax.platform_dependent(
+            grouped, cpu=functools.partial(search, block=CPU_QUERY_BLOCK),
+            default=functools.partial(search, block=self._query_block(W)))
+        inverse = jnp.zeros_like(order).at[order].set(jnp.arange(nq, dtype=order.dtype))
+        return keys[inverse], rows[inverse]
+
+    def _search_blocks(self, grouped, *, k, L, W, gather, words, max_iterations, allowed,
+                       n_queries, block):
+        """The beam search of every query block (see `_beam_search`)."""
+        R = self.graph_degree
         not_deleted = ~self.deleted
 
-        def search_block(q):
+        def bits(rows):
+            safe = jnp.maximum(rows, 0)
+            return safe >> 5, jnp.where(rows >= 0, jnp.left_shift(
+                jnp.uint32(1), (safe & 31).astype(jnp.uint32)), jnp.uint32(0))
+
+        def search_block(args):
+            q, keys, rows = args
             nq = q.shape[0]
             qi = jnp.arange(nq)[:, None]
-            init_rows = jnp.broadcast_to(start, (nq, start.shape[0]))
-            init_keys = self._keys_to(q, init_rows)
-            keys, cols = smallest_k_padded(init_keys, L)
-            rows = jnp.where(cols >= 0, jnp.take_along_axis(init_rows, jnp.maximum(cols, 0), 1),
-                             -1)
-            visited = jnp.broadcast_to(start_bits, (nq, words))
+            word, bit = bits(rows)
+            visited = jnp.zeros((nq, words), jnp.uint32).at[qi, word].add(bit)
             expanded = jnp.zeros((nq, L), bool)
             if allowed is not None:
-                res = _best_allowed(init_keys, init_rows, allowed, k)
+                res = _best_allowed(keys, rows, allowed, k)
             else:
                 res = (jnp.zeros((nq, 0)), jnp.zeros((nq, 0), jnp.int32))
 
@@ -515,31 +659,35 @@ class GraphIndex:
             def body(state):
                 it, rows, keys, expanded, visited, res = state
                 open_ = ~expanded & (rows >= 0)
-                order = jnp.where(open_, 0, L) + jnp.arange(L)
-                _, pos = jax.lax.top_k(-order, W)
-                picked = jnp.take_along_axis(open_, pos, 1)
-                expanded = expanded.at[qi, pos].set(
-                    jnp.take_along_axis(expanded, pos, 1) | picked)
-                src = jnp.where(picked, jnp.take_along_axis(rows, pos, 1), 0)
-                nb = jnp.where(picked[:, :, None], self.neighbors[src], -1).reshape(nq, W * R)
-                if W > 1:  # two expanded rows may share neighbours
-                    nb = jnp.sort(nb, axis=1)
-                    nb = jnp.where(jnp.pad(nb[:, 1:] == nb[:, :-1], ((0, 0), (1, 0))), -1, nb)
-                safe = jnp.maximum(nb, 0)
-                word = safe >> 5
-                bit = jnp.left_shift(jnp.uint32(1), (safe & 31).astype(jnp.uint32))
-                seen = (jnp.take_along_axis(visited, word, 1) & bit) != 0
-                new = (nb >= 0) & ~seen
+                lists, fresh = [], []
+                for _ in range(W):  # the W best open candidates, best first
+                    pos = jnp.argmax(open_, 1)[:, None]
+                    picked = jnp.take_along_axis(open_, pos, 1)
+                    open_ = open_.at[qi, pos].set(False)
+                    expanded = expanded.at[qi, pos].set(
+                        jnp.take_along_axis(expanded, pos, 1) | picked)
+                    src = jnp.take_along_axis(rows, pos, 1)[:, 0]
+                    nb = jnp.where(picked, self.neighbors[jnp.maximum(src, 0)], -1)
+                    word, bit = bits(nb)
+                    new = (nb >= 0) & ((jnp.take_along_axis(visited, word, 1) & bit) == 0)
+                    for prev, prev_new in zip(lists, fresh):  # shared with an earlier list
+                        new &= ~jnp.any((nb[:, :, None] == prev[:, None, :])
+                                        & prev_new[:, None, :], 2)
+                    lists.append(nb)
+                    fresh.append(new)
+                nb, new = jnp.concatenate(lists, 1), jnp.concatenate(fresh, 1)
                 if gather < W * R:
-                    # Only unvisited neighbours are worth a distance: move them to the
-                    # front and gather `gather` of them (the gather of the neighbours'
-                    # vectors is what an iteration costs). The rest stay unvisited, so a
-                    # later expansion can still bring them in.
-                    front = jnp.argsort(~new, axis=1, stable=True)[:, :gather]
-                    nb, new, word, bit = (jnp.take_along_axis(a, front, 1)
-                                          for a in (nb, new, word, bit))
-                visited = visited.at[qi, word].add(jnp.where(new, bit, jnp.uint32(0)))
-                nb = jnp.where(new, nb, -1)
+                    # Distances (the gather of the rows' vectors) are what an iteration
+                    # costs: only the first `gather` unvisited neighbours get one. The
+                    # rest stay unvisited, so a later expansion can still bring them in.
+                    slot = jnp.cumsum(new, 1, dtype=jnp.int32) - 1
+                    slot = jnp.where(new & (slot < gather), slot, gather)
+                    nb = jnp.full((nq, gather + 1), -1, jnp.int32).at[qi, slot].set(nb)
+                    nb = nb[:, :gather]
+                else:
+                    nb = jnp.where(new, nb, -1)
+                word, bit = bits(nb)
+                visited = visited.at[qi, word].add(bit)
                 cand_keys = self._keys_to(q, nb)
                 all_keys = jnp.concatenate([keys, cand_keys], 1)
                 all_rows = jnp.concatenate([rows, nb], 1)
@@ -562,7 +710,7 @@ class GraphIndex:
                                  jnp.take_along_axis(rows, jnp.maximum(cols, 0), 1), -1)
             return out_keys, out_rows
 
-        return map_query_blocks(search_block, qf, self._query_block(W))
+        return map_query_blocks(search_block, grouped, block, n_queries)
 
     # --- remove / reconstruct ---------------------------------------------------------
     def remove_core(self, selector):

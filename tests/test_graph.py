@@ -36,12 +36,32 @@ def all_reachable(index):
 
 
 @pytest.mark.parametrize("params, floor", [
-    ({"ef": 16}, 0.90), ({"ef": 64}, 0.97), ({"ef": 128, "search_width": 2}, 0.98),
-    ({"ef": 64, "entry": "fixed"}, 0.95), ({"ef": 64, "gather_fraction": 0.5}, 0.96)])
+    ({"ef": 16}, 0.90), ({"ef": 64}, 0.97), ({"ef": 128, "search_width": 1}, 0.98),
+    ({"ef": 64, "search_width": 3}, 0.97), ({"ef": 64, "entry": "fixed"}, 0.95),
+    ({"ef": 64, "entry": "random"}, 0.96), ({"ef": 64, "gather_fraction": 1.0}, 0.97),
+    ({"ef": 64, "gather_fraction": 0.25}, 0.95)])
 def test_recall(subset, hnsw16, params, floor):
     _, xq, gt = subset
     _, ids = jann.search(hnsw16, xq, K, **params)
     assert recall(ids, gt) >= floor
+    ids = np.asarray(ids)
+    assert all(len(set(row)) == K for row in ids)  # no row returned twice
+
+
+def test_results_do_not_depend_on_the_batch(subset, hnsw16):
+    """Queries are regrouped into blocks by their nearest start row, and a padded batch
+    skips its padding: a query's results are the same alone, in any order, in any batch."""
+    _, xq, _ = subset
+    d_all, i_all = jann.search(hnsw16, xq, K, ef=32)
+    perm = np.random.default_rng(0).permutation(len(xq))
+    d_perm, i_perm = jann.search(hnsw16, xq[perm], K, ef=32)
+    np.testing.assert_array_equal(np.asarray(i_perm), np.asarray(i_all)[perm])
+    np.testing.assert_array_equal(np.asarray(d_perm), np.asarray(d_all)[perm])
+    for n in (1, 37):  # padded to a bucket: the padding rows are skipped
+        _, ids = jann.search(hnsw16, xq[:n], K, ef=32)
+        np.testing.assert_array_equal(np.asarray(ids), np.asarray(i_all)[:n])
+    traced = jax.jit(lambda ix, q: jann.search(ix, q, K, ef=32))(hnsw16, xq[:37])
+    np.testing.assert_array_equal(np.asarray(traced[1]), np.asarray(i_all)[:37])
 
 
 def test_recall_vs_hnswlib(subset, hnsw16):
@@ -107,6 +127,29 @@ def test_updates_keep_graph_connected_and_hide_removed(fmnist):
     assert np.asarray(new.ids)[len(keep):len(keep) + 2].tolist() == [3000, 3001]
 
 
+def test_adds_past_the_exact_build_search_the_graph(fmnist, monkeypatch):
+    """Once the graph holds EXACT_BUILD_MAX rows, adds find their candidates by searching
+    it (plus exact neighbours inside the batch), INSERT_BATCH rows at a time: recall and
+    connectivity hold, and within-batch neighbours are found (a batch of near-duplicates
+    links to itself)."""
+    monkeypatch.setattr(jann.graph, "EXACT_BUILD_MAX", 1024)
+    monkeypatch.setattr(jann.graph, "INSERT_BATCH", 512)
+    jax.clear_caches()  # the add was traced with the real bounds elsewhere
+    try:
+        xb, xq = fmnist["base"][:4000], fmnist["queries"][:100]
+        index = jann.add(jann.index_factory(xb.shape[1], "HNSW8"), xb[:3000])  # from empty
+        assert all_reachable(index)
+        index = jann.add(index, xb[3000:])
+        assert all_reachable(index)
+        _, gt = exact_knn(xq, xb, K)
+        assert recall(jann.search(index, xq, K, ef=64)[1], gt) >= 0.9
+        twins = jann.add(index, np.repeat(xb[:1], 20, 0) + np.arange(20)[:, None] * 1e-3)
+        nb = np.asarray(twins.neighbors[4000:4020])
+        assert (nb >= 4000).sum(1).min() >= 8  # each twin's list holds other twins
+    finally:
+        jax.clear_caches()
+
+
 def test_selector_filters_during_search(subset, hnsw16):
     xb, xq, _ = subset
     allowed = np.arange(1000, 1500)  # 10% of the rows
@@ -162,8 +205,8 @@ def test_bad_input(fmnist):
     D, ids = jann.search(index, xb[:3], 5)  # empty index: nothing found
     assert (np.asarray(ids) == -1).all() and np.isinf(np.asarray(D)).all()
     small = jann.add(jann.index_factory(xb.shape[1], "CAGRA8"), xb)
-    for bad in ({"ef": 0}, {"search_width": -1}, {"entry": "medoid"}, {"ef": 8, "efSearch": 9},
-                {"nprobe": 4}):
+    for bad in ({"ef": 0}, {"search_width": -1}, {"entry": "medoid"}, {"gather_fraction": 0},
+                {"ef": 8, "efSearch": 9}, {"nprobe": 4}):
         with pytest.raises(jann.InvalidInputError):
             jann.search(small, xb[:2], 3, **bad)
     with pytest.raises(jann.FactoryStringError):
