@@ -347,15 +347,15 @@ class GraphIndex:
         grown = dataclasses.replace(self, payload=payload, norms=stored_norms, ids=stored_ids,
                                     deleted=deleted, count=count)
 
-        entries = self.entries
-        if self.capacity <= EXACT_BUILD_MAX or n <= INSERT_BATCH:
-            entries = jnp.where(self.count == 0, grown._first_entries(q, rows_new, new_ok),
-                                entries)
-            grown = dataclasses.replace(grown, entries=entries)
+        one_pass = self.capacity <= EXACT_BUILD_MAX or n <= INSERT_BATCH
+        head = n if one_pass else INSERT_BATCH  # a new graph's entries: rows linked first
+        entries = jnp.where(self.count == 0, grown._first_entries(
+            q[:head], rows_new[:head], new_ok[:head]), self.entries)
+        grown = dataclasses.replace(grown, entries=entries)
+        if one_pass:
             neighbors, edge_keys = grown._link(q, rows_new, new_ok, count)
         else:
-            neighbors, edge_keys, entries = grown._link_in_batches(q, rows_new, new_ok,
-                                                                   self.count == 0)
+            neighbors, edge_keys = grown._link_in_batches(q, rows_new, new_ok)
         n_added = jnp.where(accept, self.n_added + n_valid, self.n_added).astype(jnp.int32)
         return dataclasses.replace(grown, neighbors=neighbors, edge_keys=edge_keys,
                                    entries=entries, n_added=n_added,
@@ -374,7 +374,7 @@ class GraphIndex:
                                               fwd_rows, fwd_keys)
         return _repair(neighbors, edge_keys, self.entries, linked)
 
-    def _link_in_batches(self, q, rows_new, new_ok, was_empty):
+    def _link_in_batches(self, q, rows_new, new_ok):
         """`_link` over INSERT_BATCH rows at a time, each batch linked into the graph the
         earlier ones built: past EXACT_BUILD_MAX rows a batch searches the graph for its
         candidates, so a large add costs O(n * search) rather than O(n^2), and the exact
@@ -387,21 +387,16 @@ class GraphIndex:
             rows_new = jnp.concatenate([rows_new, rows_new[-1] + 1 + jnp.arange(pad,
                                                                                  dtype=jnp.int32)])
             new_ok = jnp.pad(new_ok, (0, pad))
-        entries = jnp.where(was_empty, self._first_entries(q[:S], rows_new[:S], new_ok[:S]),
-                            self.entries)
-        graph = dataclasses.replace(self, entries=entries)
         n_batches = (jnp.sum(new_ok, dtype=jnp.int32) + S - 1) // S
 
         def body(i, state):
             neighbors, edge_keys = state
             part = [jax.lax.dynamic_slice_in_dim(a, i * S, S) for a in (q, rows_new, new_ok)]
             linked = jnp.minimum(part[1][-1] + 1, self.count)
-            current = dataclasses.replace(graph, neighbors=neighbors, edge_keys=edge_keys)
+            current = dataclasses.replace(self, neighbors=neighbors, edge_keys=edge_keys)
             return current._link(*part, linked)
 
-        neighbors, edge_keys = jax.lax.fori_loop(0, n_batches, body,
-                                                 (self.neighbors, self.edge_keys))
-        return neighbors, edge_keys, entries
+        return jax.lax.fori_loop(0, n_batches, body, (self.neighbors, self.edge_keys))
 
     def _candidates(self, q, rows_new, new_ok, linked):
         """(keys, rows) (n, K): each new row's K nearest other rows below `linked`."""
