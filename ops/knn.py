@@ -23,7 +23,7 @@ from .distances import (
     pairwise_distances_reference, pairwise_scores, squared_norms)
 from .errors import InvalidInputError
 from .topk import (
-    blockwise_merge_applies, check_k, merge_smallest, merge_smallest_blocks, smallest_k)
+    blockwise_merge_applies, blockwise_merge_length, check_k, merge_smallest, merge_smallest_blocks, smallest_k)
 
 __all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
            "scan_tiles", "streamed_top_k"]
@@ -32,14 +32,23 @@ __all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
 # among tiles 2048-16384 x query blocks 512-2048 (2 cores; within ~8% of each other).
 MATMUL_TILE = 4096
 MATMUL_QUERY_BLOCK = 512
+# Larger k widens the tile until the blockwise merge applies (`blockwise_merge_applies`:
+# 4k blocks of 32 per tile), with fewer queries per block past 32 MiB of scores: the graph build's 60000 x 60000 k = 65 self-search spends half its time
+# in a full top_k per 4096-row tile, and a (512, 16384) tile measured 4.6 -> 3.1 s for
+# 4096 queries (k = 129: (256, 32768) 3.5 s).
+MAX_MATMUL_TILE = 1 << 15
+SCORE_BLOCK_FLOATS = 1 << 23
 # Elementwise metrics hold a (query_block, tile, d) intermediate.
 ELEMENTWISE_QUERY_BLOCK = 64
 
 
-def plan_tiles(n: int, d: int, metric: str) -> tuple[int, int]:
-    """(tile, query_block) for a database of n rows of dimension d."""
+def plan_tiles(n: int, d: int, metric: str, k: int = 1) -> tuple[int, int]:
+    """(tile, query_block) for a k-best search of a database of n rows of dimension d."""
     if metric in ("l2", "ip", "cosine", "abs_ip"):
         tile, query_block = MATMUL_TILE, MATMUL_QUERY_BLOCK
+        while tile < min(blockwise_merge_length(k), MAX_MATMUL_TILE, n):
+            tile = 2 * tile
+        query_block = min(query_block, max(SCORE_BLOCK_FLOATS // tile, 64))
     else:
         query_block = ELEMENTWISE_QUERY_BLOCK
         rows = broadcast_rows(query_block, d)
@@ -204,7 +213,7 @@ def knn_scan(xq, xb, k: int, metric: str, p: float = 2.0, *, xb_sqnorms=None,
     Distances are differentiable with respect to xq and xb (rows are not): the selection
     loops are not, so the derivative is that of the metric at the rows found.
     """
-    auto_tile, auto_block = plan_tiles(xb.shape[0], xq.shape[1], metric)
+    auto_tile, auto_block = plan_tiles(xb.shape[0], xq.shape[1], metric, k)
     return _knn_scan(xq, xb, xb_sqnorms, xb_valid, n_rows, k, metric, float(p),
                      tile or auto_tile, query_block or auto_block)
 

@@ -150,6 +150,34 @@ def test_adds_past_the_exact_build_search_the_graph(fmnist, monkeypatch):
         jax.clear_caches()
 
 
+def test_large_adds_of_high_dimensional_rows_filter_candidates_by_projection(
+        subset, hnsw16, monkeypatch):
+    """Large adds of vectors whose variance lies mostly in a few principal directions take
+    their candidates from a pool found in that projection, ranked by exact distance:
+    recall and connectivity hold. Data without such directions (isotropic noise) keep the
+    exact candidates. (The bounds are lowered so 196-d data take the path.)"""
+    xb, xq, gt = subset
+    noise = np.random.default_rng(0).standard_normal((2000, xb.shape[1])).astype(np.float32)
+
+    def build(x):
+        return jann.add(jann.index_factory(x.shape[1], "HNSW16"), x)
+
+    exact_noise = build(noise)
+    monkeypatch.setattr(jann.graph, "PROJECTION_DIMS", 48)
+    monkeypatch.setattr(jann.graph, "PROJECTION_MIN_D", 64)
+    monkeypatch.setattr(jann.graph, "PROJECTION_MIN_QUERIES", 1024)
+    jax.clear_caches()  # the add was traced with the real bounds
+    try:
+        projected = build(xb)
+        assert (np.asarray(projected.neighbors) != np.asarray(hnsw16.neighbors)).any()
+        assert all_reachable(projected)
+        assert recall(jann.search(projected, xq, K, ef=64)[1], gt) >= 0.97
+        np.testing.assert_array_equal(np.asarray(build(noise).neighbors),
+                                      np.asarray(exact_noise.neighbors))
+    finally:
+        jax.clear_caches()
+
+
 def test_selector_filters_during_search(subset, hnsw16):
     xb, xq, _ = subset
     allowed = np.arange(1000, 1500)  # 10% of the rows

@@ -99,25 +99,69 @@ def test_knn_scan_tiling_edges(n, k, tile, rng):
     assert_knn_equal(D2, I2, ref_d, ref_i)
 
 
-@pytest.mark.parametrize("start", ["empty", "full"])
+@pytest.mark.parametrize("start", ["empty", "full", "rounds"])
 def test_blockwise_merge_equals_select_then_merge_with_ties(start, rng):
     """`merge_smallest_blocks` (threshold rounds, or the k best blocks when most blocks
     beat the running k-th value) gives exactly what selecting then merging gives, ties
-    included: running entries first, then lower columns."""
+    included: running entries first, then lower columns. "rounds": between k and 2k
+    blocks beat the k-th value, so the hits take two rounds of k blocks."""
     k, n = 10, 1280
     for _ in range(10):
         x = jnp.asarray(rng.integers(0, 40, (9, n)).astype(np.float32))
         bias = jnp.asarray(rng.integers(0, 4, n).astype(np.float32))
         if start == "empty":
             values = jnp.full((9, k), jnp.inf)
-        else:
+        elif start == "full":
             values = jnp.asarray(np.sort(rng.integers(0, 25, (9, k)), 1).astype(np.float32))
+        else:  # distinct block minima: exactly `hits` of them beat the k-th value
+            x = jnp.asarray(rng.random((9, n)).astype(np.float32) * 40)
+            minima = np.sort(np.min(np.asarray(x + bias).reshape(9, -1, 32), -1), 1)
+            hits = rng.integers(k + 1, 2 * k, 9)
+            kth = (minima[np.arange(9), hits - 1] + minima[np.arange(9), hits]) / 2
+            start_values = np.minimum(np.sort(rng.random((9, k)) * 3, 1), kth[:, None])
+            start_values[:, -1] = kth
+            values = jnp.asarray(start_values.astype(np.float32))
         idx = jnp.asarray(rng.integers(-9, 0, (9, k)).astype(np.int32))
         got = ops.topk.merge_smallest_blocks(values, idx, x, bias, 100)
         best, cols = ops.smallest_k(x, k, bias)
         want = ops.topk.merge_smallest(values, idx, best, cols + 100, k)
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
         np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+def test_large_k_widens_tiles_until_the_blockwise_merge_applies(rng):
+    """A 65-best search (a graph build's candidates) gets 16384-row tiles, where the
+    blockwise merge applies, with the score block kept to 32 MiB; results stay exact."""
+    from jann.ops.knn import plan_tiles
+    tile, block = plan_tiles(60000, 784, "l2", 65)
+    assert (tile, block) == (16384, 512)
+    assert ops.topk.blockwise_merge_applies(65, tile)
+    assert plan_tiles(60000, 784, "l2", 10) == (4096, 512)
+    assert np.prod(plan_tiles(60000, 784, "l2", 300)) <= 1 << 23
+    xq = rng.standard_normal((40, 8)).astype(np.float32)
+    xb = rng.standard_normal((20000, 8)).astype(np.float32)
+    D, I = ops.knn_scan(jnp.asarray(xq), jnp.asarray(xb), 40, "l2")
+    assert_knn_equal(D, I, *oracle_knn(xq, xb, 40, "l2"))
+
+
+def test_projected_pool_holds_the_exact_neighbours(fmnist, rng):
+    """`pca_basis` finds the subspace data lie in (all the variance); on real data a pool
+    of 2k rows nearest in 48 of 196 principal directions holds nearly all of the exact
+    k nearest, which exact distances then rank."""
+    from jann.ops.projection import pca_basis, project, projected_pool
+    low = rng.standard_normal((3000, 5)) @ rng.standard_normal((5, 40))
+    mean, basis, energy = pca_basis(jnp.asarray(low, jnp.float32), 2000, 5)
+    assert float(energy) > 0.999
+    back = np.asarray(project(low[2000:], mean, basis)) @ np.asarray(basis) + np.asarray(mean)
+    np.testing.assert_allclose(back, low[2000:], atol=1e-3)  # rows past n_rows too
+
+    xb, xq = fmnist["base"][:5000], fmnist["queries"][:200]
+    mean, basis, energy = pca_basis(jnp.asarray(xb), 5000, 48)
+    assert 0.9 < float(energy) < 1.0
+    rows = np.asarray(projected_pool(jnp.asarray(xq), jnp.asarray(xb), 20, mean, basis))
+    _, exact = oracle_knn(xq, xb, 10, "l2")
+    held = np.mean([len(set(r) & set(e)) / 10 for r, e in zip(rows, exact)])
+    assert held >= 0.97, held
 
 
 def test_knn_scan_skips_rows_past_n_rows_inside_jit(rng):
