@@ -444,7 +444,7 @@ class IVFIndex(_storage.ListedRows):
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
                     n_queries=None, quantizer_ef=None, backend: str = "auto"):
         """backend: "xla" (the list-major scan below), "pallas" (`ops.pallas.ivf`, the
-        query-major kernel; for raw float and 8-bit scalar codes, XLA for the others) or
+        query-major kernel; for raw float, 8-bit scalar and PQ codes, XLA for the others) or
         "auto" (`ops.dispatch`: XLA until a GPU measurement says otherwise)."""
         q = self.prepare(xq)
 
@@ -474,22 +474,38 @@ class IVFIndex(_storage.ListedRows):
     def _kernel_decode(self):
         """How `ops.pallas.ivf` decodes this index's codes, or None (no kernel)."""
         from jann.quantizers.identity import IdentityCodec
+        from jann.quantizers.pq import ProductQuantizer
         from jann.quantizers.sq import ScalarQuantizer
         if isinstance(self.codec, IdentityCodec):
             return "float"
         if isinstance(self.codec, ScalarQuantizer) and self.codec.bits == 8:
             return {"nonuniform": "sq8", "uniform": "sq8", "direct": "direct"}[self.codec.kind]
+        if isinstance(self.codec, ProductQuantizer):
+            return "pq"
         return None
+
+    def _pq_tables(self, q):
+        """The "pq" kernel's look-up tables (ops.pallas.ivf): per query -2 q_m.C_m (l2) or
+        -q_m.C_m (ip); per list 2 c_m.C_m for l2 by residual, else None."""
+        scale = -1.0 if dist_ops.is_similarity(self.metric) else -2.0
+        tables = scale * self.codec.distance_tables(q, "ip")
+        if scale == -1.0 or not self.by_residual:
+            return tables, None
+        return tables, 2.0 * self.codec.distance_tables(self.centroids, "ip")
 
     def _kernel_scan(self, q, lists, interpret, *, k, selector, decode):
         allowed = self.live() if selector is None else self.live() & selector(self.ids)
         similarity = dist_ops.is_similarity(self.metric)
         bias = jnp.where(allowed, 0.0 if similarity else self.norms, jnp.inf)
-        ranges = {"vmin": self.codec.vmin, "vdiff": self.codec.vdiff} if decode == "sq8" else {}
+        decode_args = ({"vmin": self.codec.vmin, "vdiff": self.codec.vdiff} if decode == "sq8"
+                       else {})
+        if decode == "pq":
+            tables, list_tables = self._pq_tables(q)
+            decode_args = dict(tables=tables, list_tables=list_tables, nbits=self.codec.nbits)
         keys, rows = ivf_scan_pallas(
             q, lists, self.offsets, self.payload, bias, self.centroids, k,
             "ip" if similarity else "l2", by_residual=self.by_residual, decode=decode,
-            interpret=interpret, **ranges)
+            interpret=interpret, **decode_args)
         ids = jnp.where(rows < 0, -1, self.ids[jnp.clip(rows, 0, max(self.capacity - 1, 0))])
         return (-keys if similarity else jnp.maximum(keys, 0.0)), ids
 

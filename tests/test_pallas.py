@@ -181,9 +181,42 @@ def test_ivf_scan_kernel_matches_reference(nlist, nq, nprobe, d, k, metric, deco
     assert_knn_equal(D, I, np.asarray(ref_d, np.float64), np.asarray(ref_i), rtol=1e-5)
 
 
+@pytest.mark.parametrize("nq,nprobe,M,nbits,k,metric,with_list_tables", [
+    (5, 3, 6, 8, 4, "l2", True),       # l2 by residual: per-query and per-list tables
+    (7, 4, 5, 4, 20, "ip", False),     # 4-bit nibbles, odd M, k > max_k (3 passes)
+    (3, 2, 8, 8, 90, "l2", False),     # k > the probed rows
+])
+def test_ivf_pq_kernel_matches_reference(nq, nprobe, M, nbits, k, metric, with_list_tables,
+                                         rng):
+    """The "pq" decode scores rows by look-up tables (ADC): the kernel equals the sum of
+    table entries over every row, masked to the probed lists, then top_k."""
+    from jann.ops.pallas.ivf import ivf_scan_pallas, ivf_scan_reference
+    from jann.quantizers.pq import pack_codes
+    nlist, d, ksub = 6, 12, 1 << nbits
+    offsets, _ = _ivf_storage(rng, nlist, d, "float")
+    n = int(offsets[-1]) + 5
+    payload = pack_codes(jnp.asarray(rng.integers(0, ksub, (n, M))), nbits)
+    q = rng.normal(size=(nq, d)).astype(np.float32)
+    centroids = rng.normal(size=(nlist, d)).astype(np.float32)
+    lists = np.stack([rng.permutation(nlist)[:nprobe] for _ in range(nq)]).astype(np.int32)
+    lists[0, -1] = nlist                                  # an unused probe
+    bias = np.where(rng.random(n) < 0.9, rng.random(n), np.inf).astype(np.float32)
+    kw = dict(by_residual=True, decode="pq", nbits=nbits,
+              tables=jnp.asarray(rng.normal(size=(nq, M, ksub)), jnp.float32),
+              list_tables=(jnp.asarray(rng.normal(size=(nlist, M, ksub)), jnp.float32)
+                           if with_list_tables else None))
+    args = tuple(map(jnp.asarray, (q, lists, offsets, payload, bias, centroids)))
+    D, I = jax.jit(lambda *a: ivf_scan_pallas(*a, k, metric, config=IVF_SMALL,
+                                              interpret=True, **kw))(*args)
+    ref_d, ref_i = ivf_scan_reference(*args, k, metric, **kw)
+    assert D.shape == I.shape == (nq, k)
+    assert_knn_equal(D, I, np.asarray(ref_d, np.float64), np.asarray(ref_i), rtol=1e-5)
+
+
 @pytest.mark.parametrize("description,metric", [("IVF8,Flat", "l2"), ("IVF8,SQ8", "ip"),
                                                 ("IVF8,SQ8_direct", "l2"),
-                                                ("IVF8,Flat", "cosine")])
+                                                ("IVF8,Flat", "cosine"), ("IVF8,PQ4", "l2"),
+                                                ("IVF8,PQ6x4", "ip")])
 def test_ivf_search_core_on_the_kernel_equals_xla(description, metric, rng):
     """IVFIndex.search_core(backend="pallas") (the kernel in interpret mode) returns the
     list-major XLA scan's results, selector included; other codecs stay on XLA."""
@@ -201,8 +234,9 @@ def test_ivf_search_core_on_the_kernel_equals_xla(description, metric, rng):
                                                             **params))(index, xq)
         assert_knn_equal(got[0], got[1], np.asarray(want[0], np.float64), np.asarray(want[1]),
                          rtol=1e-5)
-    pq = jann.add(jann.train(jann.index_factory(12, "IVF8,PQ4"), xb, key=jax.random.key(0)), xb)
-    jaxpr = str(jax.make_jaxpr(lambda ix, q: ix.search_core(q, 5, backend="pallas"))(pq, xq))
+    rq = jann.add(jann.train(jann.index_factory(12, "IVF8,RQ2x4"), xb, key=jax.random.key(0)),
+                  xb)
+    jaxpr = str(jax.make_jaxpr(lambda ix, q: ix.search_core(q, 5, backend="pallas"))(rq, xq))
     assert "pallas_call" not in jaxpr
 
 
@@ -288,6 +322,17 @@ LOWERINGS = {
         q, lists, off, x, bias, c, 10, "l2", by_residual=False),
         _s((64, 96)), _s((64, 8), jnp.int32), _s((257,), jnp.int32), _s((5000, 96)),
         _s((5000,)), _s((256, 96))),
+    "ivf_pq8_l2_residual": (lambda q, lists, off, x, bias, c, t, lt: _ivf_kernel(
+        q, lists, off, x, bias, c, 10, "l2", by_residual=True, decode="pq", tables=t,
+        list_tables=lt, nbits=8),
+        _s((64, 96)), _s((64, 8), jnp.int32), _s((257,), jnp.int32),
+        _s((5000, 48), jnp.uint8), _s((5000,)), _s((256, 96)), _s((64, 48, 256)),
+        _s((256, 48, 256))),
+    "ivf_pq4_ip": (lambda q, lists, off, x, bias, c, t: _ivf_kernel(
+        q, lists, off, x, bias, c, 10, "ip", by_residual=False, decode="pq", tables=t,
+        nbits=4),
+        _s((64, 96)), _s((64, 8), jnp.int32), _s((257,), jnp.int32),
+        _s((5000, 16), jnp.uint8), _s((5000,)), _s((256, 96)), _s((64, 32, 16))),
     "ivf_sq8_ip_multipass": (lambda q, lists, off, x, bias, c, lo, span: _ivf_kernel(
         q, lists, off, x, bias, c, 200, "ip", by_residual=True, decode="sq8", vmin=lo,
         vdiff=span),
@@ -319,8 +364,9 @@ def test_flat_search_lowers_for_cuda_with_and_without_kernel():
     assert TRITON_CALL not in _cuda_module_text(search("auto"), *shapes)
 
 
-def test_ivf_search_lowers_for_cuda_with_and_without_kernel(rng):
-    index = jann.train(jann.index_factory(96, "IVF64,SQ8"),
+@pytest.mark.parametrize("codes", ["SQ8", "PQ16"])
+def test_ivf_search_lowers_for_cuda_with_and_without_kernel(codes, rng):
+    index = jann.train(jann.index_factory(96, f"IVF64,{codes}"),
                        rng.normal(size=(2000, 96)).astype(np.float32), key=jax.random.key(0))
     index = jann.reserve(index, 3000)
 

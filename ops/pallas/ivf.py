@@ -11,7 +11,16 @@ Row codes decoded on the fly (`decode=`):
 - "float": raw vectors stored as float32, float16 or bfloat16 (IVF-Flat), upcast;
 - "sq8": 8-bit scalar codes, vmin + ((code + 0.5) / 255) * vdiff per component (or one
   range for all), the float operations of `ScalarQuantizer.decode` in the same order;
-- "direct": 8-bit codes taken as the values (SQ8_direct).
+- "direct": 8-bit codes taken as the values (SQ8_direct);
+- "pq": product-quantizer codes (8-bit bytes, or 4-bit nibbles as `jann.quantizers.pq`
+  packs them), scored by look-up tables instead of decoding (ADC, FAISS GPU's IVFPQ):
+  the key of a row is base + bias[row] + sum over sub-spaces m of
+  tables[q, m, code_m] + list_tables[l, m, code_m]. For l2 by residual, with y the
+  decoded residual and bias ||y||^2, ||q - c - y||^2 = ||q - c||^2 + ||y||^2
+  - 2 q.y + 2 c.y: tables hold -2 q_m.C_m (one per query, shared by all its lists) and
+  list_tables 2 c_m.C_m (one per list, shared by all queries); for ip, and for l2 without
+  residuals, tables hold -q_m.C_m or -2 q_m.C_m and there are no list tables. The
+  per-query table is read through the cache by one gather per sub-space and row.
 
 Keys (smaller is better): l2: ||r||^2 + bias[row] - 2 r.x, r = q - c_l (by_residual) or q
 and bias the squared norm of the decoded row; ip: -(q.x) - q.c_l (by_residual) + bias
@@ -33,7 +42,7 @@ from .topk import ScanConfig, fold_tile, multipass_top_k, next_pow2
 
 __all__ = ["DECODES", "DEFAULT_CONFIG", "ivf_scan_pallas", "ivf_scan_reference"]
 
-DECODES = ("float", "sq8", "direct")
+DECODES = ("float", "sq8", "direct", "pq")
 # One query per program; the tile width sets the rows read per step.
 DEFAULT_CONFIG = ScanConfig(block_q=1, block_n=64, max_k=128)
 
@@ -47,24 +56,53 @@ def _decoder(decode: str):
     return dequantize
 
 
+def _sub_codes(payload, M: int, nbits: int):
+    """(N, code_size) uint8 -> (N, M) int32 sub-codes (bytes, or low / high nibbles)."""
+    codes = payload.astype(jnp.int32)
+    if nbits > 4:
+        return codes
+    return jnp.stack([codes & 0xF, codes >> 4], -1).reshape(codes.shape[0], -1)[:, :M]
+
+
 def ivf_scan_reference(q, lists, offsets, payload, bias, centroids, k: int, metric: str,
-                       *, by_residual: bool, decode: str = "float", vmin=None, vdiff=None):
+                       *, by_residual: bool, decode: str = "float", vmin=None, vdiff=None,
+                       tables=None, list_tables=None, nbits: int = 8):
     """The kernel's contract on the full (nq, N) key matrix (for tests): (keys (nq, k)
     ascending, rows (nq, k)), (+inf, -1) where fewer than k rows qualify."""
     nlist, n = offsets.shape[0] - 1, payload.shape[0]
     d = q.shape[1]
     vmin = jnp.zeros((d,), jnp.float32) if vmin is None else vmin
     vdiff = jnp.ones((d,), jnp.float32) if vdiff is None else vdiff
-    x = _decoder(decode)(payload, vmin, vdiff)                               # (N, d)
     row_list = (jnp.searchsorted(offsets, jnp.arange(n), side="right") - 1).clip(0, nlist - 1)
     c = centroids[row_list]                                                  # (N, d)
+    if decode == "pq":
+        codes = _sub_codes(payload, tables.shape[1], nbits)                  # (N, M)
+        m = jnp.arange(tables.shape[1])
+        looked = jnp.sum(tables[:, m[None, :], codes], -1)                   # (nq, N)
+        if list_tables is not None:
+            looked = looked + jnp.sum(list_tables[row_list[:, None], m[None, :], codes], -1)
+        if metric == "l2":
+            r = q[:, None, :] - c[None] if by_residual else q[:, None, :] + 0 * c[None]
+            base = jnp.sum(r * r, -1)
+        else:
+            base = -jnp.einsum("qd,nd->qn", q, c) if by_residual else 0.0
+        keys = base + bias[None, :] + looked
+    else:
+        x = _decoder(decode)(payload, vmin, vdiff)                           # (N, d)
+        keys = _decoded_keys(q, x, c, bias, metric, by_residual)
+    return _masked_top_k(keys, row_list, lists, offsets, k)
+
+
+def _decoded_keys(q, x, c, bias, metric, by_residual):
     if metric == "l2":
         r = q[:, None, :] - c[None] if by_residual else q[:, None, :] + jnp.zeros_like(c)
-        keys = jnp.sum(r * r, -1) + bias[None, :] - 2 * jnp.sum(r * x[None], -1)
-    else:
-        keys = -jnp.einsum("qd,nd->qn", q, x) + bias[None, :]
-        if by_residual:
-            keys = keys - jnp.einsum("qd,nd->qn", q, c)
+        return jnp.sum(r * r, -1) + bias[None, :] - 2 * jnp.sum(r * x[None], -1)
+    keys = -jnp.einsum("qd,nd->qn", q, x) + bias[None, :]
+    return keys - jnp.einsum("qd,nd->qn", q, c) if by_residual else keys
+
+
+def _masked_top_k(keys, row_list, lists, offsets, k):
+    n = keys.shape[1]
     probed = jnp.any(row_list[None, :, None] == lists[:, None, :], axis=-1)
     in_list = jnp.arange(n) < offsets[-1]
     keys = jnp.where(probed & in_list[None, :] & ~jnp.isnan(keys), keys, jnp.inf)
@@ -78,13 +116,16 @@ def ivf_scan_reference(q, lists, offsets, payload, bias, centroids, k: int, metr
 
 def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric: str, *,
                     by_residual: bool, decode: str = "float", vmin=None, vdiff=None,
+                    tables=None, list_tables=None, nbits: int = 8,
                     config: ScanConfig = DEFAULT_CONFIG, interpret: bool = False):
     """Each query's k best rows among the lists it probes; traceable, no validation.
 
     q: (nq, d) float32 prepared queries; lists: (nq, P) int32 probed list ids (nlist =
     unused); offsets: (nlist + 1,) int32 CSR list bounds; payload: (N, d) codes (float
     vectors, or uint8 for "sq8" / "direct"); bias: (N,) float32 (module doc); centroids:
-    (nlist, d) float32; vmin / vdiff: (d,) or (1,) ranges for "sq8". Returns (keys
+    (nlist, d) float32; vmin / vdiff: (d,) or (1,) ranges for "sq8"; for "pq", payload
+    (N, code_size) uint8 codes of `nbits`-bit sub-codes, tables (nq, M, 2**nbits) and
+    list_tables (nlist, M, 2**nbits) or None, as in the module doc. Returns (keys
     (nq, k) float32 ascending, rows (nq, k) int32 storage rows), (+inf, -1) where missing.
     """
     if metric not in ("l2", "ip"):
@@ -102,6 +143,15 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                         jnp.broadcast_to(jnp.ones((d,), jnp.float32) if vdiff is None
                                          else vdiff.astype(jnp.float32), (d,))])
     dequantize = _decoder(decode)
+    if decode == "pq":
+        n_sub, ksub = tables.shape[1], tables.shape[2]
+        # (columns padded to a power of two, as Triton blocks are)
+        flat_tables = jnp.pad(tables.astype(jnp.float32).reshape(nq, n_sub * ksub),
+                              ((0, 0), (0, next_pow2(n_sub * ksub) - n_sub * ksub)))
+        flat_lists = (jnp.zeros((1, 1), jnp.float32) if list_tables is None else
+                      list_tables.astype(jnp.float32).reshape(nlist, n_sub * ksub))
+    else:  # placeholders: the kernel takes the same refs for every decode
+        flat_tables, flat_lists = jnp.zeros((nq, 1), jnp.float32), jnp.zeros((1, 1))
     # Triton blocks are powers of two: queries zero-padded to d_pad, probes padded with
     # the unused-probe sentinel.
     q = jnp.pad(q.astype(jnp.float32), ((0, 0), (0, d_pad - d)))
@@ -109,8 +159,24 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
     lists = jnp.pad(lists.astype(jnp.int32), ((0, 0), (0, n_probe - lists.shape[1])),
                     constant_values=nlist)
 
-    def kernel(q_ref, lists_ref, after_key_ref, after_row_ref, offsets_ref, payload_ref,
-               bias_ref, centroids_ref, ranges_ref, keys_ref, rows_ref):
+    def kernel(q_ref, lists_ref, after_key_ref, after_row_ref, tables_ref, offsets_ref,
+               payload_ref, bias_ref, centroids_ref, ranges_ref, list_tables_ref, keys_ref,
+               rows_ref):
+        def looked_up(rows, lst):
+            """(1, bn) sums of the table entries of the rows' sub-codes ("pq")."""
+            first = jnp.zeros((1, 1), jnp.int32)
+            lst = jnp.full((1, 1), lst, jnp.int32)
+            acc = jnp.zeros((1, rows.shape[0]), jnp.float32)
+            for m in range(n_sub):
+                code = payload_ref[rows, m if nbits > 4 else m // 2].astype(jnp.int32)
+                if nbits <= 4:
+                    code = jnp.right_shift(code, 4 * (m % 2)) & 0xF
+                entry = m * ksub + code[None, :]
+                acc = acc + tables_ref[first, entry]
+                if list_tables is not None:
+                    acc = acc + list_tables_ref[lst, entry]
+            return acc
+
         col = jax.lax.broadcasted_iota(jnp.int32, (1, d_pad), 1)
         real_col = col < d
         cols = jnp.minimum(col, d - 1)
@@ -136,11 +202,14 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
             def tile(t, buf):
                 rows = start + t * bn + lane
                 safe_rows = jnp.minimum(rows, n - 1)
-                x = dequantize(payload_ref[safe_rows[:, None], cols[0][None, :]],
-                               vmin_, vdiff_)                                  # (bn, d_pad)
-                dots = jnp.sum(x * r, axis=1)                                  # (bn,)
-                scale = -2.0 if metric == "l2" else -1.0
-                keys = (base + bias_ref[safe_rows] + scale * dots)[None, :]
+                if decode == "pq":
+                    keys = base + bias_ref[safe_rows][None, :] + looked_up(safe_rows, safe)
+                else:
+                    x = dequantize(payload_ref[safe_rows[:, None], cols[0][None, :]],
+                                   vmin_, vdiff_)                              # (bn, d_pad)
+                    dots = jnp.sum(x * r, axis=1)                              # (bn,)
+                    scale = -2.0 if metric == "l2" else -1.0
+                    keys = (base + bias_ref[safe_rows] + scale * dots)[None, :]
                 keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
                 keep = (rows < end)[None, :] & (
                     (after_key[:, None] < keys)
@@ -165,15 +234,16 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
             kernel,
             grid=(nq,),
             in_specs=[per_query(q.shape), per_query(lists.shape), per_query((nq,)),
-                      per_query((nq,))] + [pl.no_block_spec] * 5,
+                      per_query((nq,)), per_query(flat_tables.shape)]
+            + [pl.no_block_spec] * 6,
             out_specs=[out, out],
             out_shape=[jax.ShapeDtypeStruct((nq, k_pad), jnp.float32),
                        jax.ShapeDtypeStruct((nq, k_pad), jnp.int32)],
             compiler_params=None if interpret else config.compiler_params(),
             interpret=interpret,
             name=f"jann_ivf_scan_{decode}_{metric}",
-        )(q, lists, after_key, after_row,
+        )(q, lists, after_key, after_row, flat_tables,
           offsets.astype(jnp.int32), payload, bias.astype(jnp.float32),
-          centroids.astype(jnp.float32), ranges)
+          centroids.astype(jnp.float32), ranges, flat_lists)
 
     return multipass_top_k(run_pass, nq, k, config.max_k)
