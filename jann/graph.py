@@ -13,7 +13,8 @@ Build (every `add`, from empty or not; no separate build step):
    `jann.ops.knn_scan` / `knn_hamming_scan` over the stored rows, new ones included;
    for large adds of vectors of 512+ dimensions whose variance lies mostly in 128
    principal directions, the exact distances of a pool of 2x as many rows nearest in
-   that projection, `jann.ops.projection`: a sixth of the products); beyond, a beam search of the existing graph (ef = intermediate_degree) merged with
+   that projection, `jann.ops.projection`: a sixth of the products); beyond, a beam
+   search of the existing graph (ef = intermediate_degree) merged with
    the exact neighbours inside the added batch (the way HNSW and CAGRA's `extend`
    insert), so adds stay O(batch * search) instead of O(batch * n). A large add is
    linked `INSERT_BATCH` rows at a time (a `lax.fori_loop`), each batch into the graph

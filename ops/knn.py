@@ -23,7 +23,8 @@ from .distances import (
     pairwise_distances_reference, pairwise_scores, squared_norms)
 from .errors import InvalidInputError
 from .topk import (
-    blockwise_merge_applies, blockwise_merge_length, check_k, merge_smallest, merge_smallest_blocks, smallest_k)
+    blockwise_merge_applies, blockwise_merge_length, check_k, merge_smallest,
+    merge_smallest_blocks, smallest_k)
 
 __all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
            "scan_tiles", "streamed_top_k"]
@@ -33,9 +34,10 @@ __all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
 MATMUL_TILE = 4096
 MATMUL_QUERY_BLOCK = 512
 # Larger k widens the tile until the blockwise merge applies (`blockwise_merge_applies`:
-# 4k blocks of 32 per tile), with fewer queries per block past 32 MiB of scores: the graph build's 60000 x 60000 k = 65 self-search spends half its time
-# in a full top_k per 4096-row tile, and a (512, 16384) tile measured 4.6 -> 3.1 s for
-# 4096 queries (k = 129: (256, 32768) 3.5 s).
+# 4k blocks of 32 per tile), with fewer queries per block past 32 MiB of scores. A graph
+# build's k = 65 search of 60000 rows spent half its time in a full top_k per 4096-row
+# tile; (512, 16384) tiles measured 4.6 -> 3.1 s for 4096 queries (k = 129: (256, 32768)
+# 3.5 s).
 MAX_MATMUL_TILE = 1 << 15
 SCORE_BLOCK_FLOATS = 1 << 23
 # Elementwise metrics hold a (query_block, tile, d) intermediate.
