@@ -16,6 +16,9 @@ if [[ "$backend" != "gpu" ]]; then
     exit 2
 fi
 
-python -m pytest -q tests/test_pallas.py tests/test_ops.py tests/test_flat.py \
+# First the deviceless compile check (tests/test_gpu_compile.py; its toolchain folder,
+# JANN_AOT_DIR, is optional on a GPU machine: it skips without one).
+python -m pytest -q tests/test_gpu_compile.py
+python -m pytest -q tests/test_backend.py tests/test_pallas.py tests/test_ops.py tests/test_flat.py \
     tests/test_hamming.py
 python -m benchmarks.gpu_kernels --out benchmarks/results/gpu_kernels.json

@@ -9,7 +9,7 @@ are pure functions that work inside your own `jax.jit` code.
     D, I = jann.search(index, xq, k=10)
 """
 
-from jann import ops, quantizers, transforms
+from jann import config, ops, quantizers, transforms
 from jann.api import (
     RangeResult, add, add_preassigned, check, merge_from, ntotal, range_search,
     range_search_padded, reconstruct, reconstruct_n, remove_ids, reserve, search,
@@ -33,7 +33,7 @@ from jann.sharding import ShardedIndex, replicate, shard, to_devices, unshard
 from jann.errors import (
     CapacityOverflowError, CheckpointError, DuplicateIdError, FactoryStringError,
     FileFormatError, IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError,
-    NotTrainedError, UnknownMetricError)
+    NotTrainedError, UnknownMetricError, UnsupportedBackendError)
 from jann.factory import index_factory
 from jann.flat import FlatIndex
 from jann.ops import (
@@ -62,5 +62,5 @@ __all__ = [
     "ITQTransform", "PCAMatrix", "RandomRotationMatrix",
     "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
-    "graph", "GraphIndex", "BinaryFlat", "BinaryIVF",
+    "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
 ]

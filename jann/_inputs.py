@@ -9,6 +9,7 @@ in-graph behaviour (flags in `index.status`, rows with no results).
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,24 @@ def delegated_search_params(inner, description: str, params: dict) -> dict:
                 f"{description} takes no search parameters, got {sorted(params)}")
         return {}
     return checker(**params)
+
+
+def search_param_names(index) -> list[str]:
+    """The search parameters an index accepts (its `check_search_params` keywords, and
+    those of the index it delegates to when it takes **params)."""
+    checker = getattr(index, "check_search_params", None)
+    if checker is None:
+        return []
+    names, delegates = [], False
+    for param in inspect.signature(checker).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            delegates = True
+        elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.append(param.name)
+    if delegates:
+        inner = getattr(index, "inner", None) or getattr(index, "per_shard", None)
+        names += [] if inner is None else search_param_names(inner)
+    return names
 
 
 def split_search_params(params: dict):

@@ -22,9 +22,10 @@ import numpy as np
 from jann import _storage
 from jann._inputs import (
     as_array, as_ids, as_vectors, check_finite, delegated_search_params, is_traced,
-    split_search_params)
+    search_param_names, split_search_params)
 from jann.errors import (
     DuplicateIdError, IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
+from jann.ops import dispatch
 from jann.ops import distances as dist_ops
 from jann.ops.topk import check_k
 from jann.selectors import IDSelector, IDSelectorBatch
@@ -239,9 +240,19 @@ def ntotal(index) -> int:
 def _search_params(index, params: dict):
     """(static, dynamic) search parameters: plain Python values select a compiled program;
     array values (e.g. the exact nprobe inside its power-of-two bucket) are traced
-    arguments, so changing them does not recompile."""
+    arguments, so changing them does not recompile. `backend` (every index takes it; the
+    process default when absent) is static and reaches every search core."""
+    params = dict(params)
+    backend = dispatch.resolve_backend(params.pop("backend", None))
+    accepted = search_param_names(index)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown search parameter{'s' if len(unknown) > 1 else ''} {unknown} for "
+            f"{index.describe()}; it accepts {sorted(accepted + ['backend'])}")
     static, dynamic = split_search_params(delegated_search_params(index, index.describe(),
                                                                   params))
+    static["backend"] = backend
     return tuple(sorted(static.items())), dynamic
 
 

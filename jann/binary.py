@@ -77,8 +77,8 @@ class BinaryFlat(BinaryCodeStore):
     def add_core(self, x, n_valid, ids, valid_rows):
         return super().add_core(x.astype(jnp.uint8), n_valid, ids, valid_rows)
 
-    def search_core(self, codes, k: int, selector=None):
-        d, i = super().search_core(codes.astype(jnp.uint8), k, selector)
+    def search_core(self, codes, k: int, selector=None, backend: str = "auto"):
+        d, i = super().search_core(codes.astype(jnp.uint8), k, selector, backend)
         return _order_by_key_then_id(d, i, k)
 
     def reconstruct_core(self, ids):
@@ -249,7 +249,9 @@ class BinaryIVF(_storage.ListedRows):
                                     f"got {nprobe!r}")
         return {"nprobe": int(nprobe)}
 
-    def search_core(self, codes, k: int, selector=None, nprobe: int = 1):
+    def search_core(self, codes, k: int, selector=None, nprobe: int = 1,
+                    backend: str = "auto"):
+        """backend: the list scan below is XLA whatever it says (no binary IVF kernel)."""
         codes = codes.astype(jnp.uint8)
         nq = codes.shape[0]
         lists = self.probe(codes, nprobe)

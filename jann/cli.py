@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="use the first N queries (default: all, at most 1000)")
     demo.add_argument("--metric",
                       help="l2, ip or cosine (default: the dataset's metric, else l2)")
+    demo.add_argument("--backend", choices=("auto", "xla", "pallas"),
+                      help="scan backend (default: JANN_BACKEND, else auto)")
     demo.add_argument("--param", type=_param, action="append", default=[],
                       metavar="NAME=VALUE",
                       help="search parameter passed to jann.search, e.g. nprobe=16 "
@@ -139,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="most query rows per compiled search; every bucket up to it is "
                             f"compiled at start (one of {', '.join(map(str, QUERY_BUCKETS))}; "
                             "default: 1024)")
+    serve.add_argument("--backend", choices=("auto", "xla", "pallas"),
+                       help="scan backend of every search (default: JANN_BACKEND, else auto)")
     serve.add_argument("--no-batching", dest="batching", action="store_false",
                        help="answer each request with its own search (for comparison)")
     serve.add_argument("--warm-k", type=_positive_int, action="append", metavar="K",
@@ -286,6 +290,8 @@ def _demo(args) -> int:
     if k > nb:
         raise _UsageError(f"--k {k} is larger than the base ({nb} vectors)")
     params = dict(args.param)
+    if args.backend is not None:
+        params["backend"] = args.backend
 
     index = jann.index_factory(d, args.index, metric=metric)
     xb = np.ascontiguousarray(base, np.float32)
@@ -350,7 +356,10 @@ def _serve(args) -> int:
             raise
         raise _UsageError(str(e)) from None
     given = {name: value for name, value in vars(args).items()
-             if name not in ("command", "func")}
+             if name not in ("command", "func", "backend")}
+    if args.backend is not None:  # the process default: every search of the service
+        import jann
+        jann.config.set_backend(args.backend)
     if "token" not in given and os.environ.get("JANN_TOKEN"):
         given["token"] = os.environ["JANN_TOKEN"]
     for name in ("warm_k", "warm_params"):

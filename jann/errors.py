@@ -12,4 +12,5 @@ from jann.ops.errors import (  # noqa: F401  (re-exported)
     JannError,
     NotTrainedError,
     UnknownMetricError,
+    UnsupportedBackendError,
 )

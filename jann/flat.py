@@ -145,7 +145,8 @@ class FlatIndex:
             backend=backend)
         return distances, self._row_ids(rows)
 
-    def range_core(self, xq, radius, capacity: int, selector=None):
+    def range_core(self, xq, radius, capacity: int, selector=None, backend: str = "auto"):
+        """backend: range search has no kernel; XLA whatever it says."""
         counts, distances, rows = range_scan(
             self.prepare_queries(xq), self.vectors, radius, capacity, self.metric,
             self.metric_arg, xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector))

@@ -585,7 +585,8 @@ class GraphIndex:
     def search_core(self, xq, k: int, selector=None, ef: int = DEFAULT_EF,
                     width: int = DEFAULT_WIDTH, max_iterations: int | None = None,
                     entry: str = "nearest", seed: int = 0, gather_fraction: float | None = None,
-                    n_queries=None):
+                    n_queries=None, backend: str = "auto"):
+        """backend: the beam search has no kernel; XLA whatever it says."""
         fill = -jnp.inf if self.metric in ("ip", "cosine") else jnp.inf
         if self.capacity == 0:
             shape = (xq.shape[0], k)

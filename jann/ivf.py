@@ -510,7 +510,8 @@ class IVFIndex(_storage.ListedRows):
         return (-keys if similarity else jnp.maximum(keys, 0.0)), ids
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
-                   nprobe=None, quantizer_ef=None):
+                   nprobe=None, quantizer_ef=None, backend: str = "auto"):
+        """backend: range search has no kernel; XLA whatever it says."""
         q = self.prepare(xq)
         nq = q.shape[0]
         plan = self._plan(self.probe(q, nprobe_bucket, nprobe, quantizer_ef))

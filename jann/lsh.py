@@ -19,6 +19,7 @@ from jann.compose import PreTransformIndex
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.ops import hamming
+from jann.ops.dispatch import hamming_search
 from jann.transforms import random_orthogonal
 
 __all__ = ["LSHTransform", "BinaryCodeStore", "lsh_index"]
@@ -84,13 +85,13 @@ class BinaryCodeStore(FlatIndex):
     def prepare_queries(self, codes):
         return codes
 
-    def search_core(self, codes, k: int, selector=None):
-        distances, rows = hamming.knn_hamming_scan(codes, self.vectors, k,
-                                                   xb_valid=self.allowed(selector))
+    def search_core(self, codes, k: int, selector=None, backend: str = "auto"):
+        distances, rows = hamming_search(codes, self.vectors, k,
+                                         xb_valid=self.allowed(selector), backend=backend)
         missing = rows < 0
         return jnp.where(missing, jnp.inf, distances.astype(jnp.float32)), self._row_ids(rows)
 
-    def range_core(self, codes, radius, capacity, selector=None):
+    def range_core(self, codes, radius, capacity, selector=None, **params):
         raise InvalidInputError("range_search is not supported by LSH indexes (as in FAISS)")
 
     def reconstruct_core(self, ids):

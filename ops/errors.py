@@ -27,6 +27,11 @@ class FactoryStringError(JannError, ValueError):
     """An `index_factory` string jann cannot parse; the message lists the grammar."""
 
 
+class UnsupportedBackendError(JannError, RuntimeError):
+    """The backend asked for cannot run on the attached devices (e.g. Pallas on a GPU
+    older than Ampere)."""
+
+
 class NotTrainedError(JannError, RuntimeError):
     """`add` or `search` on an index that needs `train` first."""
 

@@ -300,17 +300,17 @@ def _knn_jit(xq, xb, k, metric, p, backend="auto"):
     return knn_search(xq, xb, k, metric, p, backend=backend)
 
 
-def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0, *, backend: str = "auto"):
+def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0, *, backend: str | None = None):
     """Exact brute-force k-NN of xq among xb under any metric (FAISS `knn`).
 
     Streams xb in tiles: memory stays bounded for any database size.
     Returns (distances (nq, k) float32, indices (nq, k) int32). backend: "auto" | "xla" |
     "pallas", see `jann.ops.dispatch` (l2 / ip / cosine have a Pallas kernel).
     """
-    from .dispatch import check_backend
+    from .dispatch import resolve_backend
     xq, xb = _check_pair(xq, xb)
     return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p),
-                    check_backend(backend))
+                    resolve_backend(backend))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "p"))

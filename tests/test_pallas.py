@@ -33,8 +33,9 @@ from jann.quantizers.pq import adc_lookup, pack_codes, unpack_codes
 from conftest import assert_knn_equal
 
 ROOT = Path(__file__).resolve().parents[1]
-# Tiles of 16 rows and a buffer of 8: k = 20 is both k > tile and three kernel passes.
-SMALL = ScanConfig(block_q=16, block_n=16, max_k=8)
+# Tiles of 16 rows and a buffer of 8: k = 20 is both k > tile and three kernel passes;
+# d in chunks of 16 (d = 33: three chunks, the last one ragged).
+SMALL = ScanConfig(block_q=16, block_n=16, block_d=16, max_k=8)
 TRITON_CALL = "__gpu$xla.gpu.triton"
 
 
@@ -137,7 +138,7 @@ def test_adc_kernels_match_lookup_oracle(nq, n, M, nbits, k, metric, rng):
 
 
 # --- IVF list scan ------------------------------------------------------------------------
-IVF_SMALL = ScanConfig(block_q=1, block_n=16, max_k=8)
+IVF_SMALL = ScanConfig(block_q=1, block_n=16, block_d=8, max_k=8)
 IVF_CASES = [  # nlist, nq, nprobe, d, k, metric, decode, by_residual
     (6, 5, 3, 12, 1, "l2", "float", True),      # k = 1, d not a power of two
     (5, 7, 4, 16, 20, "ip", "sq8", True),       # k > tile, k > max_k (3 passes)

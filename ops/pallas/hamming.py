@@ -1,10 +1,11 @@
 """Hamming k-NN over packed binary codes as a Pallas kernel, top-k fused.
 
-Codes are read as uint32 words (`ops.hamming`'s layout: bytes little-endian, zero-padded
-to whole words; the padding is equal on both sides, so it adds nothing). For each
-database tile the kernel loads one word column at a time, so W (words per code) need not
-be a power of two and no padded copy of the database is made; popcount is
-`lax.population_count`, which Triton lowers to `__nv_popc`. Distances are exact in the
+Codes are read as 32-bit words (`ops.hamming`'s layout: bytes little-endian, zero-padded
+to whole words; the padding is equal on both sides, so it adds nothing), bit-cast to
+int32: Triton's popcount (`__nv_popc`) legalizes for int32 only (uint32 failed to compile
+for every NVIDIA target). For each database tile the kernel loads one word column at a
+time in a loop, so W (words per code) need not be a power of two and no padded copy of
+the database is made. Distances are exact in the
 float32 keys of the shared running top-k (codes up to 2**24 bits).
 
 Results follow `ops.hamming.knn_hamming` (FAISS `IndexBinaryFlat`): int32 distances
@@ -18,42 +19,54 @@ import jax
 import jax.numpy as jnp
 
 from ..hamming import MISSING_DISTANCE, _words, knn_hamming_reference
-from .topk import ScanConfig, scan_call
+from .plans import plan_hamming
+from .topk import ScanConfig, load_rows, scan_call
 
-__all__ = ["DEFAULT_CONFIG", "knn_hamming_pallas", "knn_hamming_reference"]
-
-# No matmul here, so block_q is not tied to 16; 32 queries x 128 rows of int32 per word
-# keeps the per-tile block at 32 registers per thread with 4 warps.
-DEFAULT_CONFIG = ScanConfig(block_q=32, block_n=128, max_k=128)
+__all__ = ["knn_hamming_pallas", "knn_hamming_reference", "plan_hamming"]
 
 
 def _make_key_tile(q_refs, db_refs):
     (q_ref,), (xb_ref, bias_ref) = q_refs, db_refs
     n_words = q_ref.shape[1]
 
-    def key_tile(rows):
-        dist = jnp.zeros((q_ref.shape[0], rows.shape[0]), jnp.int32)
-        for w in range(n_words):
-            x = jnp.bitwise_xor(q_ref[:, w][:, None], xb_ref[rows, w][None, :])
-            dist = dist + jax.lax.population_count(x).astype(jnp.int32)
-        return dist.astype(jnp.float32) + bias_ref[rows][None, :]
+    def key_tile(start, in_range):
+        n_rows = in_range.shape[0]
+
+        def word(w, dist):
+            x = jnp.bitwise_xor(q_ref[:, w][:, None],
+                                load_rows(xb_ref, start, n_rows, in_range, w)[None, :])
+            return dist + jax.lax.population_count(x)
+
+        dist = jax.lax.fori_loop(0, n_words, word,
+                                 jnp.zeros((q_ref.shape[0], n_rows), jnp.int32))
+        bias = load_rows(bias_ref, start, n_rows, in_range, other=jnp.inf)
+        return dist.astype(jnp.float32) + bias[None, :]
 
     return key_tile
 
 
+def _signed_words(codes):
+    """Codes as int32 words: Triton lowers popcount (`__nv_popc`) for int32 only, and the
+    count of a word does not depend on its sign."""
+    return jax.lax.bitcast_convert_type(_words(codes), jnp.int32)
+
+
 def knn_hamming_pallas(xq_codes, xb_codes, k: int, *, xb_valid=None,
-                       config: ScanConfig = DEFAULT_CONFIG, interpret: bool = False):
+                       config: ScanConfig | None = None, interpret: bool = False):
     """Exact Hamming k-NN of (nq, nbytes) uint8 codes among (n, nbytes); traceable, no
-    validation. Returns (distances (nq, k) int32, rows (nq, k) int32)."""
+    validation. Returns (distances (nq, k) int32, rows (nq, k) int32). config: launch
+    parameters, `plan_hamming(k)` when None."""
     nq = xq_codes.shape[0]
     n = xb_codes.shape[0]
     if n == 0:
         return (jnp.full((nq, k), MISSING_DISTANCE, jnp.int32),
                 jnp.full((nq, k), -1, jnp.int32))
+    config = plan_hamming(k) if config is None else config
     bias = jnp.zeros((n,), jnp.float32)
     if xb_valid is not None:
         bias = jnp.where(xb_valid, bias, jnp.inf)
-    keys, rows = scan_call(_make_key_tile, [_words(xq_codes)], [_words(xb_codes), bias], n,
-                           k, config, interpret=interpret, name="jann_knn_hamming")
+    keys, rows = scan_call(_make_key_tile, [_signed_words(xq_codes)],
+                           [_signed_words(xb_codes), bias], n, k, config,
+                           interpret=interpret, name="jann_knn_hamming")
     missing = rows < 0
     return jnp.where(missing, MISSING_DISTANCE, keys.astype(jnp.int32)), rows

@@ -2,7 +2,8 @@
 
 One program per query. For each of its probed lists (list ids from the coarse quantizer;
 the sentinel `nlist` marks an unused probe) it walks the list's rows
-[offsets[l], offsets[l + 1]) in tiles of `block_n` rows, decodes them in the kernel,
+[offsets[l], offsets[l + 1]) in tiles of `block_n` rows (d in chunks of `block_d`
+columns, so the tile does not grow with d), decodes them in the kernel,
 computes their keys against the query and folds them into the running top-k held in
 registers (`topk.fold_tile`). The work is the probed lists' real lengths: a short list
 is one short loop, an empty list or an unused probe nothing; no list is padded.
@@ -38,13 +39,12 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from .topk import ScanConfig, fold_tile, multipass_top_k, next_pow2
+from .plans import plan_ivf
+from .topk import ScanConfig, fold_tile, load_rows, multipass_top_k, next_pow2
 
-__all__ = ["DECODES", "DEFAULT_CONFIG", "ivf_scan_pallas", "ivf_scan_reference"]
+__all__ = ["DECODES", "ivf_scan_pallas", "ivf_scan_reference", "plan_ivf"]
 
 DECODES = ("float", "sq8", "direct", "pq")
-# One query per program; the tile width sets the rows read per step.
-DEFAULT_CONFIG = ScanConfig(block_q=1, block_n=64, max_k=128)
 
 
 def _decoder(decode: str):
@@ -117,7 +117,7 @@ def _masked_top_k(keys, row_list, lists, offsets, k):
 def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric: str, *,
                     by_residual: bool, decode: str = "float", vmin=None, vdiff=None,
                     tables=None, list_tables=None, nbits: int = 8,
-                    config: ScanConfig = DEFAULT_CONFIG, interpret: bool = False):
+                    config: ScanConfig | None = None, interpret: bool = False):
     """Each query's k best rows among the lists it probes; traceable, no validation.
 
     q: (nq, d) float32 prepared queries; lists: (nq, P) int32 probed list ids (nlist =
@@ -136,12 +136,17 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
     nlist, n = offsets.shape[0] - 1, payload.shape[0]
     if nq == 0 or n == 0 or lists.shape[1] == 0:
         return (jnp.full((nq, k), jnp.inf, jnp.float32), jnp.full((nq, k), -1, jnp.int32))
-    d_pad = next_pow2(d)
-    bn = config.block_n
+    config = plan_ivf(d, k) if config is None else config
+    bn, bd = config.block_n, config.block_d
+    n_chunks = -(-d // bd)
+    d_pad = n_chunks * bd
+    # Queries and the sq8 ranges zero-padded to whole chunks (the payload and centroids
+    # are read in place, their columns past d masked to zero).
     ranges = jnp.stack([jnp.broadcast_to(jnp.zeros((d,), jnp.float32) if vmin is None
                                          else vmin.astype(jnp.float32), (d,)),
                         jnp.broadcast_to(jnp.ones((d,), jnp.float32) if vdiff is None
                                          else vdiff.astype(jnp.float32), (d,))])
+    ranges = jnp.pad(ranges, ((0, 0), (0, d_pad - d)))
     dequantize = _decoder(decode)
     if decode == "pq":
         n_sub, ksub = tables.shape[1], tables.shape[2]
@@ -152,8 +157,7 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                       list_tables.astype(jnp.float32).reshape(nlist, n_sub * ksub))
     else:  # placeholders: the kernel takes the same refs for every decode
         flat_tables, flat_lists = jnp.zeros((nq, 1), jnp.float32), jnp.zeros((1, 1))
-    # Triton blocks are powers of two: queries zero-padded to d_pad, probes padded with
-    # the unused-probe sentinel.
+    # Triton blocks are powers of two: probes padded with the unused-probe sentinel.
     q = jnp.pad(q.astype(jnp.float32), ((0, 0), (0, d_pad - d)))
     n_probe = next_pow2(lists.shape[1])
     lists = jnp.pad(lists.astype(jnp.int32), ((0, 0), (0, n_probe - lists.shape[1])),
@@ -162,13 +166,14 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
     def kernel(q_ref, lists_ref, after_key_ref, after_row_ref, tables_ref, offsets_ref,
                payload_ref, bias_ref, centroids_ref, ranges_ref, list_tables_ref, keys_ref,
                rows_ref):
-        def looked_up(rows, lst):
+        def looked_up(start, in_range, lst):
             """(1, bn) sums of the table entries of the rows' sub-codes ("pq")."""
             first = jnp.zeros((1, 1), jnp.int32)
             lst = jnp.full((1, 1), lst, jnp.int32)
-            acc = jnp.zeros((1, rows.shape[0]), jnp.float32)
+            acc = jnp.zeros((1, bn), jnp.float32)
             for m in range(n_sub):
-                code = payload_ref[rows, m if nbits > 4 else m // 2].astype(jnp.int32)
+                code = load_rows(payload_ref, start, bn, in_range,
+                                 m if nbits > 4 else m // 2).astype(jnp.int32)
                 if nbits <= 4:
                     code = jnp.right_shift(code, 4 * (m % 2)) & 0xF
                 entry = m * ksub + code[None, :]
@@ -177,13 +182,30 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                     acc = acc + list_tables_ref[lst, entry]
             return acc
 
-        col = jax.lax.broadcasted_iota(jnp.int32, (1, d_pad), 1)
-        real_col = col < d
-        cols = jnp.minimum(col, d - 1)
-        qv = jnp.where(real_col, q_ref[...], 0.0)                              # (1, d_pad)
-        vmin_, vdiff_ = ranges_ref[0, cols[0]][None, :], ranges_ref[1, cols[0]][None, :]
+        one_row = jnp.ones((1,), jnp.bool_)
+
+        def residual(lst, col):
+            """(1, bd) chunk of the vector the rows are scored against: q - c_l (l2 by
+            residual) or q; and of c_l itself."""
+            qv = q_ref[:, pl.ds(col, bd)]
+            centroid = load_rows(centroids_ref, lst, 1, one_row, (col, bd))
+            return (qv - centroid if metric == "l2" and by_residual else qv), centroid
+
+        def base_of(lst):
+            """The per-list constant of the keys: ||q - c||^2 or ||q||^2 (l2), -q.c (ip
+            by residual), 0."""
+            if metric != "l2" and not by_residual:
+                return jnp.float32(0)
+
+            def chunk(c, acc):
+                r, centroid = residual(lst, c * bd)
+                return acc + (jnp.sum(r * r) if metric == "l2" else -jnp.sum(r * centroid))
+
+            return jax.lax.fori_loop(0, n_chunks, chunk, jnp.float32(0))
+
         after_key, after_row = after_key_ref[...], after_row_ref[...]
         lane = jax.lax.broadcasted_iota(jnp.int32, (bn,), 0)
+        scale = -2.0 if metric == "l2" else -1.0
 
         def probe(p, buf):
             lst = lists_ref[0, p]
@@ -191,27 +213,29 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
             safe = jnp.clip(lst, 0, nlist - 1)
             start = offsets_ref[safe]
             end = jnp.where(used, offsets_ref[safe + 1], start)
-            centroid = jnp.where(real_col, centroids_ref[safe, cols[0]][None, :], 0.0)
-            if metric == "l2":
-                r = qv - centroid if by_residual else qv
-                base = jnp.sum(r * r)
-            else:
-                r = qv
-                base = -jnp.sum(qv * centroid) if by_residual else jnp.float32(0)
+            base = base_of(safe)
 
             def tile(t, buf):
-                rows = start + t * bn + lane
-                safe_rows = jnp.minimum(rows, n - 1)
+                row0 = start + t * bn
+                rows = row0 + lane
+                in_range = rows < end
+                bias = load_rows(bias_ref, row0, bn, in_range, other=jnp.inf)
                 if decode == "pq":
-                    keys = base + bias_ref[safe_rows][None, :] + looked_up(safe_rows, safe)
+                    keys = base + bias[None, :] + looked_up(row0, in_range, safe)
                 else:
-                    x = dequantize(payload_ref[safe_rows[:, None], cols[0][None, :]],
-                                   vmin_, vdiff_)                              # (bn, d_pad)
-                    dots = jnp.sum(x * r, axis=1)                              # (bn,)
-                    scale = -2.0 if metric == "l2" else -1.0
-                    keys = (base + bias_ref[safe_rows] + scale * dots)[None, :]
+                    def chunk(c, dots):
+                        col = c * bd
+                        r, _ = residual(safe, col)
+                        vmin = ranges_ref[pl.ds(0, 1), pl.ds(col, bd)]
+                        vdiff = ranges_ref[pl.ds(1, 1), pl.ds(col, bd)]
+                        x = dequantize(load_rows(payload_ref, row0, bn, in_range, (col, bd)),
+                                       vmin, vdiff)                            # (bn, bd)
+                        return dots + jnp.sum(x * r, axis=1)
+
+                    dots = jax.lax.fori_loop(0, n_chunks, chunk, jnp.zeros((bn,), jnp.float32))
+                    keys = (base + bias + scale * dots)[None, :]
                 keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
-                keep = (rows < end)[None, :] & (
+                keep = in_range[None, :] & (
                     (after_key[:, None] < keys)
                     | ((after_key[:, None] == keys) & (after_row[:, None] < rows[None, :])))
                 return fold_tile(*buf, jnp.where(keep, keys, jnp.inf), rows)

@@ -6,13 +6,18 @@ running top-k held in registers (`topk.scan_top_k`), so the (nq, N) distance mat
 reaches memory. Storage may be float32, float16 or bfloat16: tiles are upcast in the
 kernel and products accumulate in float32, as `ops.knn.knn_scan` does.
 
+The vector dimension is walked in chunks of `block_d` columns (an inner loop
+accumulating the (block_q, block_n) products), so the tile in registers and shared memory is
+(block_n, block_d) whatever d is: 768-d and 4096-d embeddings compile on every Ampere or
+newer GPU (`plans` sizes the blocks).
+
 Keys are those of `ops.knn._dot_keyed`: ||x||^2 - 2 q.x for l2 (||q||^2, constant per
 query, is added to the k survivors), -q.x for inner products, +inf for rows that may not
 be returned (folded into one per-row bias, so validity costs no extra pass).
 
-The database is read in place: rows past the end are clipped in the load and masked, and
-a dimension that is not a power of two is gathered with clipped column indices against
-zero-padded queries, so neither the ragged tail nor d forces a padded copy of xb.
+The database is read in place with contiguous masked loads (rows past the end and
+columns past d read zero; queries are zero-padded to whole chunks), so neither the ragged
+tail nor d forces a padded copy of xb.
 
 `knn_reference` (`ops.knn.knn_reference`: the full matrix, then `lax.top_k`) is the oracle.
 """
@@ -21,48 +26,61 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 from ..distances import squared_norms
 from ..knn import knn_reference
-from .topk import ScanConfig, next_pow2, scan_call
+from .plans import plan_knn
+from .topk import ScanConfig, load_rows, scan_call
 
-__all__ = ["DEFAULT_CONFIG", "METRICS", "knn_pallas", "knn_reference"]
+__all__ = ["METRICS", "knn_pallas", "knn_reference", "plan_knn"]
 
 METRICS = ("l2", "ip")
-DEFAULT_CONFIG = ScanConfig(block_q=16, block_n=128, max_k=128)
 
 
-def _key_tile_maker(d: int, scale: float):
+def _key_tile_maker(d: int, block_d: int, scale: float):
+    n_chunks = -(-d // block_d)
+
     def make(q_refs, db_refs):
         (q_ref,), (xb_ref, bias_ref) = q_refs, db_refs
-        q = q_ref[...]
-        cols = jnp.minimum(jax.lax.broadcasted_iota(jnp.int32, (q.shape[1],), 0), d - 1)
 
-        def key_tile(rows):
-            x = xb_ref[rows[:, None], cols[None, :]].astype(jnp.float32)
-            dots = jax.lax.dot_general(q, x, (((1,), (1,)), ((), ())),
-                                       precision=jax.lax.Precision.HIGHEST,
-                                       preferred_element_type=jnp.float32)
-            return bias_ref[rows][None, :] + scale * dots
+        def key_tile(start, in_range):
+            n_rows = in_range.shape[0]
+
+            def chunk(c, acc):
+                col = c * block_d
+                q = q_ref[:, pl.ds(col, block_d)]
+                x = load_rows(xb_ref, start, n_rows, in_range, (col, block_d)).astype(
+                    jnp.float32)
+                return acc + jax.lax.dot_general(
+                    q, x, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                    preferred_element_type=jnp.float32)
+
+            dots = jax.lax.fori_loop(0, n_chunks, chunk,
+                                     jnp.zeros((q_ref.shape[0], n_rows), jnp.float32))
+            bias = load_rows(bias_ref, start, n_rows, in_range, other=jnp.inf)
+            return bias[None, :] + scale * dots
 
         return key_tile
     return make
 
 
 def knn_pallas(xq, xb, k: int, metric: str = "l2", *, xb_sqnorms=None, xb_valid=None,
-               config: ScanConfig = DEFAULT_CONFIG, interpret: bool = False):
+               config: ScanConfig | None = None, interpret: bool = False):
     """k best rows of xb (n, d) for each query of xq (nq, d); traceable, no validation.
 
     metric: "l2" (squared) or "ip" (cosine: normalise first, then "ip"). xb_sqnorms: cached
     squared norms for l2; xb_valid: (n,) bool rows that may be returned. Returns
     (distances (nq, k) float32, rows (nq, k) int32) as `ops.knn.knn_scan`: ascending for l2,
-    descending for ip, +inf / -inf and -1 where fewer than k rows qualify. interpret=True
-    runs the kernel body through the Pallas interpreter (any backend; for tests).
+    descending for ip, +inf / -inf and -1 where fewer than k rows qualify. config: launch
+    parameters, `plan_knn(d, k, dtype)` when None. interpret=True runs the kernel body
+    through the Pallas interpreter (any backend; for tests).
     """
     if metric not in METRICS:
         raise ValueError(f"knn_pallas supports {METRICS}, got {metric!r}")
     nq, d = xq.shape
     n = xb.shape[0]
+    config = plan_knn(d, k, xb.dtype) if config is None else config
     q = xq.astype(jnp.float32)
     if n == 0:
         keys = jnp.full((nq, k), jnp.inf, jnp.float32)
@@ -74,10 +92,12 @@ def knn_pallas(xq, xb, k: int, metric: str = "l2", *, xb_sqnorms=None, xb_valid=
             bias = jnp.zeros((n,), jnp.float32)
         if xb_valid is not None:
             bias = jnp.where(xb_valid, bias, jnp.inf)
-        # Triton's dot needs >= 16 and a power of two in the contracted dimension.
-        d_pad = max(16, next_pow2(d))
+        # Queries are zero-padded to whole chunks; the database is read in place, its
+        # columns past d masked to zero in the load.
+        bd = config.block_d
+        d_pad = -(-d // bd) * bd
         keys, rows = scan_call(
-            _key_tile_maker(d, -2.0 if metric == "l2" else -1.0),
+            _key_tile_maker(d, bd, -2.0 if metric == "l2" else -1.0),
             [jnp.pad(q, ((0, 0), (0, d_pad - d)))], [xb, bias], n, k, config,
             interpret=interpret, name=f"jann_knn_{metric}")
     if metric == "l2":

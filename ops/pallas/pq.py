@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from ..knn import streamed_top_k
-from .topk import ScanConfig, scan_call
+from .plans import plan_adc
+from .topk import ScanConfig, load_rows, next_pow2, scan_call
 
-__all__ = ["DEFAULT_CONFIG", "adc_top_k_pallas", "adc_top_k_xla"]
-
-DEFAULT_CONFIG = ScanConfig(block_q=16, block_n=128, max_k=128)
+__all__ = ["adc_top_k_pallas", "adc_top_k_xla", "plan_adc"]
 
 
 def _key_tile_maker(M: int, nbits: int):
@@ -38,14 +37,14 @@ def _key_tile_maker(M: int, nbits: int):
         (lut_ref,), (codes_ref, bias_ref) = q_refs, db_refs
         queries = jax.lax.broadcasted_iota(jnp.int32, (lut_ref.shape[0], 1), 0)
 
-        def key_tile(rows):
-            acc = jnp.broadcast_to(bias_ref[rows][None, :], (lut_ref.shape[0], rows.shape[0]))
+        def key_tile(start, in_range):
+            n_rows = in_range.shape[0]
+            bias = load_rows(bias_ref, start, n_rows, in_range, other=jnp.inf)
+            acc = jnp.broadcast_to(bias[None, :], (lut_ref.shape[0], n_rows))
             for m in range(M):
-                if nbits <= 4:
-                    byte = codes_ref[rows, m // 2].astype(jnp.int32)
-                    code = jnp.right_shift(byte, 4 * (m % 2)) & 0xF
-                else:
-                    code = codes_ref[rows, m].astype(jnp.int32)
+                byte = load_rows(codes_ref, start, n_rows, in_range,
+                                 m // 2 if nbits <= 4 else m).astype(jnp.int32)
+                code = jnp.right_shift(byte, 4 * (m % 2)) & 0xF if nbits <= 4 else byte
                 acc = acc + lut_ref[queries, m * ksub + code[None, :]]
             return acc
 
@@ -109,7 +108,7 @@ def adc_top_k_xla(tables, codes, k: int, nbits: int, metric: str = "l2", *, xb_v
 
 
 def adc_top_k_pallas(tables, codes, k: int, nbits: int, metric: str = "l2", *,
-                     xb_valid=None, config: ScanConfig = DEFAULT_CONFIG,
+                     xb_valid=None, config: ScanConfig | None = None,
                      interpret: bool = False):
     """k best codes per query under asymmetric distances; traceable, no validation.
 
@@ -117,11 +116,15 @@ def adc_top_k_pallas(tables, codes, k: int, nbits: int, metric: str = "l2", *,
     (n, code_size) uint8 packed as in the module doc; metric "l2" (tables hold distances,
     smallest first) or "ip" (tables hold inner products, largest first). Returns
     (scores (nq, k) float32, rows (nq, k) int32), +inf / -inf and -1 where missing.
+    config: launch parameters, `plan_adc(k)` when None.
     """
     nq, M, _ = tables.shape
     if codes.shape[0] == 0:
         return _missing(nq, k, metric)
+    config = plan_adc(k) if config is None else config
     lut, bias = _prepared(tables, codes, nbits, metric, xb_valid)
+    width = lut.shape[1]  # Triton blocks are powers of two: the tables' columns padded
+    lut = jnp.pad(lut, ((0, 0), (0, next_pow2(width) - width)))
     keys, rows = scan_call(_key_tile_maker(M, nbits), [lut], [codes, bias], codes.shape[0],
                            k, config, interpret=interpret, name=f"jann_adc_pq{nbits}")
     return (keys if metric == "l2" else -keys), rows

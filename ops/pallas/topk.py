@@ -27,6 +27,7 @@ __all__ = [
     "ScanConfig",
     "finish",
     "fold_tile",
+    "load_rows",
     "multipass_top_k",
     "next_pow2",
     "pad_rows_to",
@@ -41,19 +42,24 @@ _BIG_ROW = jnp.iinfo(jnp.int32).max
 class ScanConfig:
     """Static launch parameters of a scan kernel.
 
-    block_q / block_n / max_k must be powers of two (Triton tensors are); block_q >= 16
-    where the kernel uses a matmul (Triton's dot needs 16 in every dimension). max_k bounds
-    the per-query buffer held in registers: block_q * max_k keys and rows.
+    block_q / block_n / block_d / max_k must be powers of two (Triton tensors are);
+    block_q and block_d >= 16 where the kernel uses a matmul (Triton's dot needs 16 in
+    every dimension). block_d is the slice of the vector dimension one step of the
+    inner loop reads: a tile is (block_n, block_d), whatever d is, so registers and shared
+    memory do not grow with d. max_k bounds the per-query buffer held in registers:
+    block_q * max_k keys and rows. Each kernel module has a `plan_config` that picks these
+    from the shape (`jann.ops.pallas.plans` says how they were sized).
     """
 
     block_q: int = 16
-    block_n: int = 128
+    block_n: int = 64
+    block_d: int = 32
     max_k: int = 128
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 1
 
     def __post_init__(self):
-        for name in ("block_q", "block_n", "max_k"):
+        for name in ("block_q", "block_n", "block_d", "max_k"):
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
@@ -65,6 +71,25 @@ class ScanConfig:
 
 def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
+
+
+def load_rows(ref, start, n_rows: int, in_range, cols=None, other=0):
+    """ref[start : start + n_rows] (or its columns `cols`: one column index, static or
+    traced, or a (start, width) tuple) as one contiguous masked load: rows where `in_range` is False
+    and columns past the array's width read `other`. Contiguous (not a gather over
+    clipped row indices), so Triton keeps one base address per thread instead of a
+    pointer per element, which is what spilled registers before."""
+    from jax.experimental.pallas import triton as plgpu
+    if cols is None:
+        return plgpu.load(ref.at[pl.ds(start, n_rows)], mask=in_range, other=other)
+    if not isinstance(cols, tuple):  # (a Python int fails the interpreter's discharge)
+        column = jnp.asarray(cols, jnp.int32)
+        return plgpu.load(ref.at[pl.ds(start, n_rows), column], mask=in_range, other=other)
+    col_start, width = cols
+    col = col_start + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
+    mask = in_range[:, None] & (col < ref.shape[1])
+    return plgpu.load(ref.at[pl.ds(start, n_rows), pl.ds(col_start, width)], mask=mask,
+                      other=other)
 
 
 def pad_rows_to(x, multiple: int, value=0):
@@ -115,17 +140,20 @@ def scan_top_k(key_tile, n: int, block_q: int, block_n: int, k_pad: int,
                after_key, after_row):
     """Inside a kernel: the k_pad lexicographically smallest (key, row) per query.
 
-    key_tile(rows) gives the (block_q, block_n) float32 keys of database rows `rows`
-    (already clipped into range; entries for rows >= n are masked here). Only entries
-    after (after_key, after_row) (per query, (block_q,)) count: the threshold of
+    key_tile(start, in_range) gives the (block_q, block_n) float32 keys of database rows
+    start .. start + block_n - 1; `in_range` (block_n,) says which of them exist (< n):
+    kernels load the tile with it as the mask (`load_rows`), so reads stay contiguous and
+    in bounds, and entries for rows >= n are masked here whatever the tile holds. Only
+    entries after (after_key, after_row) (per query, (block_q,)) count: the threshold of
     `multipass_top_k`. Empty slots hold (+inf, negative row).
     """
     n_tiles = max(1, -(-n // block_n))
     lane = jax.lax.broadcasted_iota(jnp.int32, (block_n,), 0)
 
     def tile(t, carry):
-        rows = t * block_n + lane
-        keys = key_tile(jnp.minimum(rows, n - 1))
+        start = pl.multiple_of(t * block_n, block_n)
+        rows = start + lane
+        keys = key_tile(start, rows < n)
         keys = jnp.where(jnp.isnan(keys), jnp.inf, keys)
         keep = (rows < n)[None, :] & _lex_less(
             after_key[:, None], after_row[:, None], keys, rows[None, :])
