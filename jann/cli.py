@@ -356,10 +356,13 @@ def _serve(args) -> int:
             raise
         raise _UsageError(str(e)) from None
     given = {name: value for name, value in vars(args).items()
-             if name not in ("command", "func", "backend")}
-    if args.backend is not None:  # the process default: every search of the service
+             if name not in ("command", "func")}
+    # Only given options are in args (ServeConfig holds the defaults); a backend becomes
+    # the process default, so every search of the service uses it.
+    backend = given.pop("backend", None)
+    if backend is not None:
         import jann
-        jann.config.set_backend(args.backend)
+        jann.config.set_backend(backend)
     if "token" not in given and os.environ.get("JANN_TOKEN"):
         given["token"] = os.environ["JANN_TOKEN"]
     for name in ("warm_k", "warm_params"):
