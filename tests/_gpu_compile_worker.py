@@ -1,9 +1,10 @@
-"""Deviceless ahead-of-time compile of jann's kernels and search programs for real NVIDIA
-targets (H100 sm_90, A100 sm_80) on a CPU machine: XLA GPU passes, Pallas -> Triton ->
-PTX -> ptxas -> cubin, as a GPU would run them. Run by tests/test_gpu_compile.py in its
-own process (the CUDA plugin must not load into the other tests); prints one JSON line
-per case. Needs jax-cuda12-plugin / jax-cuda12-pjrt (jax's version) and
-nvidia-cuda-nvcc-cu12 on the path; nothing runs, so this says nothing of speed or numerics.
+"""Deviceless ahead-of-time compile of jann's kernels and search programs for real targets
+on a CPU machine: `cuda` (default) for H100 (sm_90) and A100 (sm_80), through XLA GPU,
+Pallas -> Triton -> PTX -> ptxas -> cubin as a GPU would; `tpu` for a TPU v5e 2x2 slice
+through libtpu. Run by tests/test_gpu_compile.py in its own process (the plugins must not
+load into the other tests); prints one JSON line per case. Needs jax-cuda12-plugin /
+jax-cuda12-pjrt (jax's version) and nvidia-cuda-nvcc-cu12, or libtpu, on the path; nothing
+runs, so this says nothing of speed or numerics.
 """
 
 import json
@@ -75,6 +76,36 @@ def _trained(d, spec, rng):
     return jann.train(jann.index_factory(d, spec), x, key=jax.random.key(0))
 
 
+def _search_program(index, **params):
+    return lambda i, q: jann.search(i, q, k=10, **params)
+
+
+def tpu_main():
+    """The XLA path (backend "auto") of every index kind compiled for a TPU v5e 2x2 slice
+    (libtpu's compile-only client; the Triton kernels are NVIDIA-only), each program
+    replicated over its four chips."""
+    rng = np.random.default_rng(0)
+    topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
+    sh = jax.sharding.NamedSharding(topologies.make_mesh(topology, (4,), ("x",)),
+                                    jax.sharding.PartitionSpec())
+    for spec, d, params in (("Flat", 384, {}), ("Flat(bfloat16)", 768, {}),
+                            ("IVF1024,Flat", 128, {"nprobe": 32}),
+                            ("IVF1024,PQ32", 128, {"nprobe": 32}),
+                            ("IVF1024,SQ8", 768, {"nprobe": 32}),
+                            ("IVF1024,RQ4x8", 128, {"nprobe": 32}),
+                            ("IVF1024,Flat,RFlat", 384, {"nprobe": 32}),
+                            ("HNSW16", 128, {"ef": 64})):
+        index = jann.index_factory(d, spec)
+        if not index.is_trained:
+            index = _trained(d, spec, rng)
+        index = jann.reserve(index, 200_000)
+        _compile(sh, f"TPUv5e search {spec} d={d} backend=auto", _search_program(index, **params),
+                 index, _zeros((256, d)))
+    bx = jann.reserve(jann.index_factory(256, "BFlat"), 100_000)
+    _compile(sh, "TPUv5e search BFlat 256 bits backend=auto", _search_program(bx), bx,
+             _zeros((256, 32), jnp.uint8))
+
+
 def main():
     rng = np.random.default_rng(0)
     for target, config in TARGETS.items():
@@ -99,10 +130,12 @@ def main():
                          _zeros((256, d)), _zeros((256, 32), jnp.int32),
                          _zeros((1025,), jnp.int32), _zeros((100_000, d), jnp.uint8),
                          _zeros((100_000,)), _zeros((1024, d)), _zeros((d,)), _zeros((d,)))
-                m = d // 8
-                _compile(sh, f"{target} adc M={m} k={k}",
-                         lambda t, c, k=k: adc_top_k_pallas(t, c, k, 8),
-                         _zeros((256, m, 256)), _zeros((100_000, m), jnp.uint8))
+                for nbits in (8, 4):  # M = d / 8 sub-spaces, bytes or nibbles
+                    m = d // 8
+                    _compile(sh, f"{target} adc M={m} nbits={nbits} k={k}",
+                             lambda t, c, k=k, nbits=nbits: adc_top_k_pallas(t, c, k, nbits),
+                             _zeros((256, m, 1 << nbits)),
+                             _zeros((100_000, m * nbits // 8), jnp.uint8))
         # Whole public search programs with the kernels asked for, and the default.
         for d in (64, 128, 384, 768, 1024):
             ix = jann.reserve(jann.index_factory(d, "Flat"), 100_000)
@@ -137,4 +170,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(tpu_main() if sys.argv[1:] == ["tpu"] else main())  # else "cuda"

@@ -13,7 +13,8 @@ from jann.ops import dispatch
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    return rng.normal(size=(300, 24)).astype(np.float32), rng.normal(size=(5, 24)).astype(np.float32)
+    return (rng.normal(size=(300, 24)).astype(np.float32),
+            rng.normal(size=(5, 24)).astype(np.float32))
 
 
 @pytest.mark.parametrize("spec", ["Flat", "IVF4,Flat", "IVF4,SQ8", "IVF4,PQ4", "IVF4,RQ2x4",

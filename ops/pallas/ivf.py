@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .plans import plan_ivf
+from .pq import load_sub_code
 from .topk import ScanConfig, fold_tile, load_rows, multipass_top_k, next_pow2
 
 __all__ = ["DECODES", "ivf_scan_pallas", "ivf_scan_reference", "plan_ivf"]
@@ -170,26 +171,26 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
             """(1, bn) sums of the table entries of the rows' sub-codes ("pq")."""
             first = jnp.zeros((1, 1), jnp.int32)
             lst = jnp.full((1, 1), lst, jnp.int32)
-            acc = jnp.zeros((1, bn), jnp.float32)
-            for m in range(n_sub):
-                code = load_rows(payload_ref, start, bn, in_range,
-                                 m if nbits > 4 else m // 2).astype(jnp.int32)
-                if nbits <= 4:
-                    code = jnp.right_shift(code, 4 * (m % 2)) & 0xF
+            def sub_space(m, acc):  # a loop, as in `pq`: compile time flat in M
+                code = load_sub_code(payload_ref, start, bn, in_range, m, nbits)
                 entry = m * ksub + code[None, :]
                 acc = acc + tables_ref[first, entry]
                 if list_tables is not None:
                     acc = acc + list_tables_ref[lst, entry]
-            return acc
+                return acc
+
+            return jax.lax.fori_loop(0, n_sub, sub_space, jnp.zeros((1, bn), jnp.float32))
 
         one_row = jnp.ones((1,), jnp.bool_)
 
+        def centroid_chunk(lst, col):
+            return load_rows(centroids_ref, lst, 1, one_row, (col, bd))            # (1, bd)
+
         def residual(lst, col):
             """(1, bd) chunk of the vector the rows are scored against: q - c_l (l2 by
-            residual) or q; and of c_l itself."""
+            residual), else q (no centroid read)."""
             qv = q_ref[:, pl.ds(col, bd)]
-            centroid = load_rows(centroids_ref, lst, 1, one_row, (col, bd))
-            return (qv - centroid if metric == "l2" and by_residual else qv), centroid
+            return qv - centroid_chunk(lst, col) if metric == "l2" and by_residual else qv
 
         def base_of(lst):
             """The per-list constant of the keys: ||q - c||^2 or ||q||^2 (l2), -q.c (ip
@@ -198,8 +199,10 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                 return jnp.float32(0)
 
             def chunk(c, acc):
-                r, centroid = residual(lst, c * bd)
-                return acc + (jnp.sum(r * r) if metric == "l2" else -jnp.sum(r * centroid))
+                r = residual(lst, c * bd)
+                if metric == "l2":
+                    return acc + jnp.sum(r * r)
+                return acc - jnp.sum(r * centroid_chunk(lst, c * bd))
 
             return jax.lax.fori_loop(0, n_chunks, chunk, jnp.float32(0))
 
@@ -225,7 +228,7 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                 else:
                     def chunk(c, dots):
                         col = c * bd
-                        r, _ = residual(safe, col)
+                        r = residual(safe, col)
                         vmin = ranges_ref[pl.ds(0, 1), pl.ds(col, bd)]
                         vdiff = ranges_ref[pl.ds(1, 1), pl.ds(col, bd)]
                         x = dequantize(load_rows(payload_ref, row0, bn, in_range, (col, bd)),

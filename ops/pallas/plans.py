@@ -55,18 +55,19 @@ def plan_hamming(k: int) -> ScanConfig:
 
 
 def plan_adc(k: int) -> ScanConfig:
-    """PQ look-up scan: 16 queries x 64 rows of summed table entries per tile, 8 warps
-    (spill check over M 8..192, 4 and 8 bits, k 1..100: 1 spilling shape of 36, A100
-    M=192 4-bit k=1; 4 warps spilled at 3, 16 x 32 at 6)."""
+    """PQ look-up scan: 16 queries x 64 rows of summed table entries per tile (spill
+    check over M 8..192, 4 and 8 bits, k 1..100 on A100 / H100: none, as for 16 x 128
+    and for 8 warps, since the sub-spaces became a loop; unrolled, 3 of 36 spilled)."""
     del k
-    return ScanConfig(block_q=16, block_n=64, block_d=16, max_k=MAX_K, num_warps=8)
+    return ScanConfig(block_q=16, block_n=64, block_d=16, max_k=MAX_K)
 
 
 def plan_ivf(d: int, k: int) -> ScanConfig:
     """IVF list scan: one query per program, 64 list rows per tile, d in chunks of 64,
     2 warps. Every shape compiles, but this kernel still spills registers at some
-    (7 of 108 in the spill check, H100 float storage; every other block tried spilled at
-    11 to 28): a known open defect, not yet solved by block sizes alone."""
+    (7 of 108 in the spill check, all raw float storage on H100; PQ and sq8 codes none;
+    every other block tried spilled at 11 to 28): a known open defect, not yet solved by
+    block sizes alone."""
     del k
     return ScanConfig(block_q=1, block_n=64, block_d=min(64, next_pow2(d)), max_k=MAX_K,
                       num_warps=2)

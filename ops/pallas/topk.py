@@ -47,8 +47,8 @@ class ScanConfig:
     every dimension). block_d is the slice of the vector dimension one step of the
     inner loop reads: a tile is (block_n, block_d), whatever d is, so registers and shared
     memory do not grow with d. max_k bounds the per-query buffer held in registers:
-    block_q * max_k keys and rows. Each kernel module has a `plan_config` that picks these
-    from the shape (`jann.ops.pallas.plans` says how they were sized).
+    block_q * max_k keys and rows. `jann.ops.pallas.plans` picks them from the shape
+    (`plan_knn`, `plan_ivf`, ...) and says how they were sized.
     """
 
     block_q: int = 16
@@ -75,10 +75,10 @@ def next_pow2(x: int) -> int:
 
 def load_rows(ref, start, n_rows: int, in_range, cols=None, other=0):
     """ref[start : start + n_rows] (or its columns `cols`: one column index, static or
-    traced, or a (start, width) tuple) as one contiguous masked load: rows where `in_range` is False
-    and columns past the array's width read `other`. Contiguous (not a gather over
-    clipped row indices), so Triton keeps one base address per thread instead of a
-    pointer per element, which is what spilled registers before."""
+    traced, or a (start, width) tuple) as one contiguous masked load: rows where
+    `in_range` is False and columns past the array's width read `other`. Contiguous (not
+    a gather over clipped row indices), so Triton keeps one base address per thread
+    instead of a pointer per element, which is what spilled registers before."""
     from jax.experimental.pallas import triton as plgpu
     if cols is None:
         return plgpu.load(ref.at[pl.ds(start, n_rows)], mask=in_range, other=other)
