@@ -47,6 +47,22 @@ def as_array(x, name: str):
         raise InvalidInputError(f"{name}: cannot convert {type(x).__name__} to an array") from exc
 
 
+def as_binary_codes(x, d_bits: int, name: str):
+    """x as (n, d_bits / 8) packed uint8 codes (the binary indexes' input), or a clear
+    error naming what is wrong."""
+    x = as_array(x, name)
+    if x.ndim != 2:
+        raise InvalidInputError(f"{name} must be a 2-D array (n, code_size) of packed bits, "
+                                f"got shape {tuple(x.shape)}")
+    if x.dtype != np.uint8:
+        raise InvalidDtypeError(
+            f"{name} must be uint8 packed binary codes (jann.pack_bits), got dtype {x.dtype}")
+    if x.shape[1] * 8 != d_bits:
+        raise InvalidInputError(f"{name} has {x.shape[1]} bytes per code ({x.shape[1] * 8} "
+                                f"bits), the index has d={d_bits} bits")
+    return x
+
+
 def _check_numeric(dtype, name: str):
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or \
             np.issubdtype(dtype, np.bool_):

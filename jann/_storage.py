@@ -9,6 +9,8 @@ buffers by doubling first (`grow`), so n adds cost O(log n) compiles.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,7 +142,15 @@ def host_int(x) -> int:
     return int(np.asarray(x))
 
 
-class ListedRows:
+class StatusWord:
+    """The `status` field every row-storing index keeps (bits above)."""
+
+    def with_status(self, bits):
+        """The index with `bits` (traced int32) added to its status word."""
+        return dataclasses.replace(self, status=self.status | bits)
+
+
+class ListedRows(StatusWord):
     """What every inverted-file index derives from its CSR storage (`payload` rows sorted
     by list, `offsets` (nlist + 1)) and its configuration (`id_mode`, `description`)."""
 

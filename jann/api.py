@@ -237,7 +237,7 @@ def ntotal(index) -> int:
 
 
 # ---------------------------------------------------------------------------- search
-def _search_params(index, params: dict):
+def search_program_params(index, params: dict):
     """(static, dynamic) search parameters: plain Python values select a compiled program;
     array values (e.g. the exact nprobe inside its power-of-two bucket) are traced
     arguments, so changing them does not recompile. `backend` (every index takes it; the
@@ -288,7 +288,7 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     k = check_k(k)
     _require_trained(index, "search")
     _check_selector(selector)
-    params = _search_params(index, params)
+    params = search_program_params(index, params)
     xq = _as_input(index, xq, "queries")
     if is_traced(index, xq, selector):
         return _search_impl(index, xq, k, selector, params)[:2]
@@ -361,7 +361,7 @@ def _range_prologue(index, xq, radius, selector, params):
     _require_trained(index, "range_search")
     _check_selector(selector)
     return (_as_input(index, xq, "queries"), _check_radius(index, radius),
-            _search_params(index, params))
+            search_program_params(index, params))
 
 
 def range_search_padded(index, xq, radius, max_results: int, *,

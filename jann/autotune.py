@@ -16,10 +16,10 @@ outcome (the recall of a measured setting above it, the time of one below it) wo
 dominated by a point already measured. The order is the cheapest setting, the dearest,
 then the rest in a seeded random order, which gives both bounds early.
 
-The space of an index type is discoverable: `search_parameter_space` dispatches on the
-type (`functools.singledispatch`), so a new index family registers its own knobs, e.g.
-`@search_parameter_space.register(GraphIndex)` returning `{"ef": GRAPH_EF_VALUES}`, or
-defines a `search_parameter_space()` method that returns them.
+The space of an index type is discoverable: an index type declares its knobs with a
+`search_parameter_space()` method (as `GraphIndex` does, so the graph module needs no
+import of this one), or registers them with `search_parameter_space`, which dispatches
+on the type (`functools.singledispatch`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from jann._inputs import as_array, as_vectors
-from jann.api import _search_params, ntotal, search
+from jann.api import search_program_params, ntotal, search
 from jann.compose import PreTransformIndex, RefineIndex
 from jann.errors import InvalidDtypeError, InvalidInputError, NotTrainedError
 from jann.ivf import IVFIndex
@@ -377,7 +377,7 @@ def autotune(index, xq, gt, target_recall: float = 0.95, k: int = 10,
     names, axes = _grid(space)
     for combo in itertools.product(*axes):
         try:
-            _search_params(index, dict(zip(names, combo)))
+            search_program_params(index, dict(zip(names, combo)))
         except TypeError:  # an unknown keyword for the index's parameter checker
             raise InvalidInputError(
                 f"{index.describe()} does not take search parameter(s) {names}; its "

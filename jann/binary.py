@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann import _storage
+from jann._inputs import as_binary_codes
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
 from jann.lsh import BinaryCodeStore
@@ -67,9 +68,7 @@ class BinaryFlat(BinaryCodeStore):
         return super().describe() + "BFlat"
 
     def as_input(self, x, name):
-        from jann._inputs import as_array
-        from jann.graph import _binary_input
-        return _binary_input(as_array(x, name), self.d, name)
+        return as_binary_codes(x, self.d, name)
 
     def prepare_queries(self, codes):
         return codes.astype(jnp.uint8)
@@ -143,9 +142,7 @@ class BinaryIVF(_storage.ListedRows):
         return 8 * self.payload.shape[1]
 
     def as_input(self, x, name):
-        from jann._inputs import as_array
-        from jann.graph import _binary_input
-        return _binary_input(as_array(x, name), self.d, name)
+        return as_binary_codes(x, self.d, name)
 
     def grown(self, capacity: int) -> BinaryIVF:
         return dataclasses.replace(self, payload=_storage.pad_rows(self.payload, capacity),
@@ -255,7 +252,7 @@ class BinaryIVF(_storage.ListedRows):
         codes = codes.astype(jnp.uint8)
         nq = codes.shape[0]
         lists = self.probe(codes, nprobe)
-        q = hamming._words(codes)
+        q = hamming.as_words(codes)
         n_probe = lists.shape[1]
         starts = self.offsets[lists]
         ends = self.offsets[lists + 1]
@@ -269,7 +266,7 @@ class BinaryIVF(_storage.ListedRows):
             ok = rows < ends[:, p][:, None]
             safe = jnp.clip(rows, 0, self.capacity - 1)
             ok &= allowed[safe]
-            words = hamming._words(self.payload[safe].reshape(-1, self.payload.shape[1]))
+            words = hamming.as_words(self.payload[safe].reshape(-1, self.payload.shape[1]))
             words = words.reshape(nq, SCAN_CHUNK, -1)
             dist = jnp.sum(jax.lax.population_count(
                 jnp.bitwise_xor(q[:, None, :], words)).astype(jnp.int32), -1)

@@ -256,7 +256,7 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
-def _current_version(path: str) -> str | None:
+def current_version(path: str) -> str | None:
     try:
         with open(os.path.join(path, _LATEST)) as f:
             return f.read().strip() or None
@@ -290,12 +290,12 @@ def save(index, path) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise CheckpointError(f"{path} exists and is not a checkpoint directory")
-    if os.path.isdir(path) and os.listdir(path) and _current_version(path) is None:
+    if os.path.isdir(path) and os.listdir(path) and current_version(path) is None:
         raise CheckpointError(f"{path} is a non-empty directory that is not a jann "
                               "checkpoint; refusing to write into it")
     primary = jax.process_index() == 0
     config, arrays = _config(index)
-    previous = _current_version(path)
+    previous = current_version(path)
     number, token = _agreed(
         int(previous[1:]) + 1 if previous and previous[1:].isdigit() else 1,
         int.from_bytes(uuid.uuid4().bytes[:3], "little"))
@@ -348,7 +348,7 @@ def load(path, mesh=None, *, axis: str | None = None):
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a jann checkpoint (no such directory)")
-    version = _current_version(path)
+    version = current_version(path)
     if version is None or not os.path.isdir(os.path.join(path, version)):
         raise CheckpointError(f"{path} is not a jann checkpoint (no {_LATEST} version)")
     where = f"checkpoint {path} ({version})"

@@ -105,6 +105,9 @@ class PreTransformIndex(_Delegating):
     def grown(self, capacity: int):
         return dataclasses.replace(self, index=self.index.grown(capacity))
 
+    def with_status(self, bits):
+        return dataclasses.replace(self, index=self.index.with_status(bits))
+
     def add_core(self, x, n_valid, ids, valid_rows):
         y = self.transform.apply(jnp.where(valid_rows[:, None], x.astype(jnp.float32), 0.0))
         return dataclasses.replace(self, index=self.index.add_core(y, n_valid, ids, valid_rows))
@@ -165,6 +168,9 @@ class RefineIndex(_Delegating):
     def grown(self, capacity: int):
         return dataclasses.replace(self, base=self.base.grown(capacity),
                                    refine=self.refine.grown(capacity))
+
+    def with_status(self, bits):  # the base's word is the one `status` reads
+        return dataclasses.replace(self, base=self.base.with_status(bits))
 
     def add_core(self, x, n_valid, ids, valid_rows):
         if ids is None:  # both indexes must agree on the ids the base assigns

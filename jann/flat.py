@@ -29,7 +29,7 @@ STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jn
 @pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status", "id_order"),
               meta=("metric", "metric_arg", "id_mode"))
 @dataclasses.dataclass(frozen=True)
-class FlatIndex:
+class FlatIndex(_storage.StatusWord):
     """Exact-search index. Fields that are arrays are pytree leaves; the rest is static.
 
     vectors: (capacity, d) stored rows (L2-normalised when metric is cosine).

@@ -71,14 +71,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann import _storage
+from jann import _storage, api
+from jann._inputs import as_binary_codes, as_vectors
 from jann._pytree import pytree_dataclass
-from jann.errors import InvalidDtypeError, InvalidInputError
+from jann.errors import InvalidInputError
 from jann.ops import distances as dist_ops
 from jann.ops import hamming
 from jann.ops.knn import knn_scan, map_query_blocks
 from jann.ops.projection import pca_basis, projected_pool
 from jann.ops.topk import smallest_k_padded
+from jann.quantizers.identity import IdentityCodec
+from jann.quantizers.layout import encoded_row
 
 __all__ = ["EXACT_BUILD_MAX", "GraphIndex", "build", "compact", "emptied", "live_rows",
            "reachable"]
@@ -131,7 +134,7 @@ def _pow2_floor(x: int) -> int:
           "count", "n_added", "status", "rng"),
     meta=("metric", "id_mode", "graph_degree", "intermediate_degree", "binary", "description"))
 @dataclasses.dataclass(frozen=True)
-class GraphIndex:
+class GraphIndex(_storage.StatusWord):
     """Fixed-degree graph index. Array fields are leaves; configuration is static.
 
     codec:     how rows are stored (IdentityCodec, ScalarQuantizer, ProductQuantizer);
@@ -193,10 +196,8 @@ class GraphIndex:
             metric = "hamming"
         else:
             if codec is None:
-                from jann.quantizers.identity import IdentityCodec
                 codec = IdentityCodec.create(d)
-            from jann.ivf import _code_struct
-            code = _code_struct(codec, d)
+            code = encoded_row(codec, d)
         key = jax.random.key(0) if key is None else key
         return cls(
             codec=codec, payload=jnp.zeros((0,) + code.shape[1:], code.dtype),
@@ -248,10 +249,9 @@ class GraphIndex:
     # --- input hooks used by jann.api -------------------------------------------------
     def as_input(self, x, name: str):
         """Binary indexes take packed uint8 codes (n, d / 8); float ones any real array."""
-        from jann._inputs import as_array, as_vectors
         if not self.binary:
             return as_vectors(x, self.d, name)
-        return _binary_input(as_array(x, name), self.d, name)
+        return as_binary_codes(x, self.d, name)
 
     def check_add(self, n: int):
         """The first add builds the graph: it needs more rows than the degree."""
@@ -281,7 +281,7 @@ class GraphIndex:
 
     def _query_form(self, q):
         """Prepared queries as the distance routines take them (words for binary)."""
-        return hamming._words(q) if self.binary else q
+        return hamming.as_words(q) if self.binary else q
 
     def _rows_form(self, rows):
         """Stored rows (any shape of row numbers) as vectors / words, for distances."""
@@ -289,7 +289,7 @@ class GraphIndex:
         codes = self.payload[safe]
         if self.binary:
             flat = codes.reshape(-1, codes.shape[-1])
-            return hamming._words(flat).reshape(*rows.shape, -1)
+            return hamming.as_words(flat).reshape(*rows.shape, -1)
         flat = codes.reshape((-1,) + self.payload.shape[1:])
         return self.codec.decode(flat).reshape(*rows.shape, -1)
 
@@ -539,7 +539,7 @@ class GraphIndex:
         n_valid = jnp.sum(new_ok)
         qf = self._query_form(q)
         if self.binary:
-            centre = hamming._words(hamming.pack_bits(jnp.sum(
+            centre = hamming.as_words(hamming.pack_bits(jnp.sum(
                 jnp.where(new_ok[:, None], hamming.unpack_bits(q), False), 0)[None, :]
                 * 2 > n_valid))
             dist = jnp.sum(jax.lax.population_count(jnp.bitwise_xor(qf, centre)), -1)
@@ -554,6 +554,10 @@ class GraphIndex:
         return _unique_rows(rows)
 
     # --- search ---------------------------------------------------------------------
+    def search_parameter_space(self) -> dict[str, tuple]:
+        """What `jann.autotune` tries: the beam width (results come from the beam)."""
+        return {"ef": (16, 32, 64, 128, 256, 512)}
+
     def check_search_params(self, ef=None, efSearch=None, search_width=None,
                             max_iterations=None, entry=None, gather_fraction=None, **unknown):
         if unknown:
@@ -816,19 +820,6 @@ def _positive_int(v, name):
     return int(v)
 
 
-def _binary_input(x, d_bits: int, name: str):
-    if x.ndim != 2:
-        raise InvalidInputError(f"{name} must be a 2-D array (n, code_size) of packed bits, "
-                                f"got shape {tuple(x.shape)}")
-    if x.dtype != np.uint8:
-        raise InvalidDtypeError(
-            f"{name} must be uint8 packed binary codes (jann.pack_bits), got dtype {x.dtype}")
-    if x.shape[1] * 8 != d_bits:
-        raise InvalidInputError(f"{name} has {x.shape[1]} bytes per code ({x.shape[1] * 8} "
-                                f"bits), the index has d={d_bits} bits")
-    return x
-
-
 def _reverse_edges(neighbors, edge_keys, src_rows, src_ok, fwd_rows, fwd_keys):
     """Add v -> u for new edges u -> v: the second half of v's list becomes the nearest
     of (that half, the proposals); the first half is never replaced."""
@@ -976,7 +967,6 @@ def _with_graph(index, graph):
 
 def build(index, x, ids=None, *, verbose: bool = False, chunk: int = 16384):
     """`jann.add` in chunks with a progress line per chunk on stderr (verbose)."""
-    from jann import api
     n = x.shape[0]
     t0 = time.perf_counter()
     for start in range(0, n, chunk):
@@ -987,14 +977,3 @@ def build(index, x, ids=None, *, verbose: bool = False, chunk: int = 16384):
             print(f"graph build: {stop}/{n} rows, {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
     return index
-
-
-def _register_autotune():
-    from jann.autotune import search_parameter_space
-
-    @search_parameter_space.register
-    def _(index: GraphIndex) -> dict[str, tuple]:
-        return {"ef": (16, 32, 64, 128, 256, 512)}
-
-
-_register_autotune()

@@ -54,6 +54,7 @@ from jann import _storage
 from jann._pytree import pytree_dataclass
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
+from jann.graph import GraphIndex, build, emptied
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops import dispatch
@@ -61,6 +62,7 @@ from jann.ops.knn import map_query_blocks
 from jann.ops.pallas.ivf import ivf_scan_pallas
 from jann.ops.sorting import bucket_sort
 from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
+from jann.quantizers.layout import encoded_row
 
 __all__ = ["IVFIndex"]
 
@@ -94,7 +96,6 @@ def _items_per_step(pairs: int, k: int) -> int:
 
 
 def _is_graph(quantizer) -> bool:
-    from jann.graph import GraphIndex  # late: jann.graph registers autotune, which imports this
     return isinstance(quantizer, GraphIndex)
 
 
@@ -105,13 +106,6 @@ def _scan_query_block(nprobe: int, k: int) -> int:
 
 def _pow2_near(x: float) -> int:
     return 1 << max(0, int(round(np.log2(max(x, 1.0)))))
-
-
-def _code_struct(codec, d: int):
-    """Shape and dtype of one encoded row, without training the codec."""
-    fields = {f.name for f in dataclasses.fields(codec)}
-    shaped = dataclasses.replace(codec, is_trained=True) if "is_trained" in fields else codec
-    return jax.eval_shape(shaped.encode, jax.ShapeDtypeStruct((1, d), jnp.float32))
 
 
 @pytree_dataclass(
@@ -155,7 +149,7 @@ class IVFIndex(_storage.ListedRows):
         """graph_quantizer: an empty graph index (metric "l2", or "ip" for ip / cosine
         indexes) to build over the centroids instead of a Flat quantizer."""
         quantizer_metric = "ip" if metric in ("ip", "cosine") else "l2"
-        code = _code_struct(codec, d)
+        code = encoded_row(codec, d)
         if graph_quantizer is not None and graph_quantizer.metric != quantizer_metric:
             raise InvalidInputError(f"the graph quantizer of a {metric} IVF index must use "
                                     f"the {quantizer_metric} metric")
@@ -191,7 +185,6 @@ class IVFIndex(_storage.ListedRows):
         """This index with its coarse quantizer over `centroids` (nlist, d): a Flat
         index, or a graph index built over them (on the host) when the quantizer is one."""
         if _is_graph(self.quantizer):
-            from jann.graph import build, emptied
             quantizer = build(emptied(self.quantizer, "sequential"),
                               np.asarray(centroids, np.float32))
             return dataclasses.replace(self, quantizer=quantizer)

@@ -91,7 +91,7 @@ except ModuleNotFoundError as exc:  # the web stack is an optional extra
 import jann
 from jann._inputs import as_vectors, check_finite, id_dtype
 from jann.api import QUERY_BUCKETS
-from jann.checkpoint import _current_version
+from jann.checkpoint import current_version
 from jann.errors import DuplicateIdError, IdNotFoundError, InvalidInputError, JannError
 from jann.ops.distances import NAN_TOLERANT
 from jann.ops.topk import check_k
@@ -917,7 +917,7 @@ def load_service(config: ServeConfig) -> tuple[SearchService, dict]:
     path = os.path.abspath(config.checkpoint)
     config = dataclasses.replace(config, checkpoint=path)
     index = jann.load(path)                       # raises CheckpointError if not complete
-    version = _current_version(path)
+    version = current_version(path)
     log = _WriteLog(path, version)
     index, replayed = log.replay(index)
     service = SearchService(index, config, version, log)

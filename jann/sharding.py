@@ -341,7 +341,7 @@ class ShardedIndex:
             extra = {} if lists is None else {"lists": mine(lists, 0)}
             new = local.add_core(mine(x, 0), jnp.where(status == 0, quotas[me], 0),
                                  mine(ids, -1), mine(valid_rows, True), **extra)
-            return self._wrap(dataclasses.replace(new, status=new.status | status))
+            return self._wrap(new.with_status(status))
 
         new = self._map(fn, (x, jnp.asarray(n_valid, jnp.int32), ids, valid_rows, lists),
                         (P(),) * 5, self.spec)
@@ -393,20 +393,26 @@ class ShardedIndex:
         return self._map(fn, (ids,), (P(),), (P(), P()))
 
     # --- training ------------------------------------------------------------------
-    def train(self, x, *, key=None, niter: int = 10, verbose: bool = False,
-              max_points_per_centroid: int = 256):
-        """Train the shards' shared quantizer and codec (IVF; a no-op for Flat).
+    def train(self, x, *, key=None, **kwargs):
+        """Train the index on the mesh, as the unplaced index would be trained.
 
-        Sharded: the coarse k-means runs with `kmeans_sharded` on x split over the shard
-        axis (the rows stay on their devices); the codec is trained on at most
-        `CODEC_SAMPLE` evenly spaced rows. Replicated: as the unsharded index."""
+        Replicated (any index type): the index's own training, on x gathered to the host,
+        placed back on every device. Sharded IVF: the coarse k-means runs with
+        `kmeans_sharded` on x split over the shard axis (the rows stay on their
+        devices); the codec is trained on at most `CODEC_SAMPLE` evenly spaced rows.
+        (`jann.shard` takes graphs trained only, and Flat needs no training.)"""
+        if not self.sharded:
+            trainer = getattr(self.index, "train", None)
+            if trainer is None:
+                return self
+            return dataclasses.replace(self, index=_place(
+                trainer(_host_rows(x), key=key, **kwargs), self.mesh, P()))
         if not isinstance(self.per_shard, IVFIndex):
             return self
-        if not self.sharded:
-            return dataclasses.replace(self, index=_place(
-                self.index.train(_host_rows(x), key=key, niter=niter, verbose=verbose,
-                                 max_points_per_centroid=max_points_per_centroid),
-                self.mesh, P()))
+        return self._train_sharded_ivf(x, key=key, **kwargs)
+
+    def _train_sharded_ivf(self, x, *, key=None, niter: int = 10, verbose: bool = False,
+                           max_points_per_centroid: int = 256):
         template = _first_local_shard(self.index)
         key = jax.random.key(0) if key is None else key
         key_coarse, key_codec = jax.random.split(key)  # the split IVFIndex.train makes

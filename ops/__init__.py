@@ -11,7 +11,8 @@ from .distances import (
     pairwise_scores,
     squared_norms,
 )
-from .knn import knn, knn_reference, knn_scan
+from .dispatch import knn
+from .knn import knn_reference, knn_scan
 from .range_search import range_scan
 from .sorting import bucket_sort
 from .topk import check_k, kmax, kmin, merge_knn_results, smallest_k

@@ -30,12 +30,14 @@ import os
 import jax
 import jax.numpy as jnp
 
+from .distances import canonical_metric, normalize_L2
 from .errors import InvalidInputError, UnsupportedBackendError
 from .hamming import knn_hamming_scan
-from .knn import knn_scan
+from .knn import check_pair, knn_scan
 from .pallas.hamming import knn_hamming_pallas
 from .pallas.knn import knn_pallas
 from .pallas.pq import adc_top_k_pallas, adc_top_k_xla
+from .topk import check_k
 
 __all__ = [
     "BACKENDS",
@@ -48,6 +50,7 @@ __all__ = [
     "resolve_backend",
     "set_default_backend",
     "hamming_search",
+    "knn",
     "knn_search",
 ]
 
@@ -192,3 +195,23 @@ def adc_search(tables, codes, k: int, nbits: int, metric: str = "l2", *, xb_vali
                                 interpret=interpret)
 
     return choose("adc", backend, xla, pallas, tables, codes, xb_valid)
+
+
+# ------------------------------------------------------------------- public brute force
+@functools.partial(jax.jit, static_argnames=("k", "metric", "p", "backend"))
+def _knn_jit(xq, xb, k, metric, p, backend="auto"):
+    if metric == "cosine":
+        xq, xb = normalize_L2(xq), normalize_L2(xb)
+    return knn_search(xq, xb, k, metric, p, backend=backend)
+
+
+def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0, *, backend: str | None = None):
+    """Exact brute-force k-NN of xq among xb under any metric (FAISS `knn`).
+
+    Streams xb in tiles: memory stays bounded for any database size.
+    Returns (distances (nq, k) float32, indices (nq, k) int32). backend: "auto" | "xla" |
+    "pallas", see `jann.ops.dispatch` (l2 / ip / cosine have a Pallas kernel).
+    """
+    xq, xb = check_pair(xq, xb)
+    return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p),
+                    resolve_backend(backend))

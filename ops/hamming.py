@@ -73,7 +73,7 @@ def unpack_bits(codes, nbits: int | None = None) -> jax.Array:
     return bits.reshape(n, 8 * nbytes)[:, :nbits]
 
 
-def _words(codes):
+def as_words(codes):
     """(n, nbytes) uint8 -> (n, ceil(nbytes / 4)) uint32 (zero-padded, little-endian)."""
     n, nbytes = codes.shape
     nwords = max(1, -(-nbytes // 4))
@@ -112,7 +112,7 @@ def _check_pair(a, b):
 
 @jax.jit
 def _hamming_jit(a, b):
-    return _popcount_distances(_words(a), _words(b))
+    return _popcount_distances(as_words(a), as_words(b))
 
 
 def hamming_distances(a_codes, b_codes) -> jax.Array:
@@ -124,7 +124,7 @@ def hamming_distances(a_codes, b_codes) -> jax.Array:
 def knn_hamming_scan(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | None = None,
                      query_block: int | None = None):
     """Traceable core of `knn_hamming` (no validation): (distances int32, rows int32)."""
-    q_words, b_words = _words(xq_codes), _words(xb_codes)
+    q_words, b_words = as_words(xq_codes), as_words(xb_codes)
     n = b_words.shape[0]
     tile = tile or min(HAMMING_TILE, max(n, 1))
     query_block = query_block or HAMMING_QUERY_BLOCK
@@ -170,7 +170,7 @@ def knn_hamming(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | None =
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _knn_hamming_reference_jit(xq, xb, xb_valid, k):
-    dist = _popcount_distances(_words(xq), _words(xb))
+    dist = _popcount_distances(as_words(xq), as_words(xb))
     take = min(k, xb.shape[0])
     keyed = dist.astype(jnp.float32)
     if xb_valid is not None:

@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .distances import (
-    broadcast_rows, dot, canonical_metric, is_similarity, normalize_L2,
+    broadcast_rows, dot, canonical_metric, is_similarity,
     pairwise_distances_reference, pairwise_scores, squared_norms)
 from .errors import InvalidInputError
 from .topk import (
     blockwise_merge_applies, blockwise_merge_length, check_k, merge_smallest,
     merge_smallest_blocks, smallest_k)
 
-__all__ = ["knn", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
+__all__ = ["check_pair", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
            "scan_tiles", "streamed_top_k"]
 
 # Matmul metrics: (512, 4096) score blocks (8 MiB) measured fastest on Fashion-MNIST
@@ -283,34 +283,12 @@ def _dot_keyed(scaled_q, x_tile, norm_tile, valid_tile, metric):
     return dots, bias
 
 
-def _check_pair(xq, xb):
+def check_pair(xq, xb):
     xq, xb = jnp.asarray(xq), jnp.asarray(xb)
     if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
         raise InvalidInputError(
             f"knn needs 2-D xq and xb with the same dimension, got {xq.shape} and {xb.shape}")
     return xq, xb
-
-
-@functools.partial(jax.jit, static_argnames=("k", "metric", "p", "backend"))
-def _knn_jit(xq, xb, k, metric, p, backend="auto"):
-    if metric == "cosine":
-        xq, xb = normalize_L2(xq), normalize_L2(xb)
-    # --- backend dispatch hook (ops/dispatch.py; imported here: it imports this module)
-    from .dispatch import knn_search
-    return knn_search(xq, xb, k, metric, p, backend=backend)
-
-
-def knn(xq, xb, k: int, metric: str = "l2", p: float = 2.0, *, backend: str | None = None):
-    """Exact brute-force k-NN of xq among xb under any metric (FAISS `knn`).
-
-    Streams xb in tiles: memory stays bounded for any database size.
-    Returns (distances (nq, k) float32, indices (nq, k) int32). backend: "auto" | "xla" |
-    "pallas", see `jann.ops.dispatch` (l2 / ip / cosine have a Pallas kernel).
-    """
-    from .dispatch import resolve_backend
-    xq, xb = _check_pair(xq, xb)
-    return _knn_jit(xq, xb, check_k(k), canonical_metric(metric), float(p),
-                    resolve_backend(backend))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "p"))
@@ -329,5 +307,5 @@ def _knn_reference_jit(xq, xb, k, metric, p):
 
 def knn_reference(xq, xb, k: int, metric: str = "l2", p: float = 2.0):
     """Oracle for `knn`: the whole score matrix, then `lax.top_k`."""
-    xq, xb = _check_pair(xq, xb)
+    xq, xb = check_pair(xq, xb)
     return _knn_reference_jit(xq, xb, check_k(k), canonical_metric(metric), float(p))

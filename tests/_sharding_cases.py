@@ -182,6 +182,23 @@ def test_distributed_training_equals_single_device(xb, xq, mesh):
          exact=False)
 
 
+@pytest.mark.parametrize("description", ["PCA8,Flat", "SQ8", "HNSW8,SQ8", "IVF16,Flat"])
+def test_replicated_untrained_index_trains_like_unplaced(description, xb, xq, mesh):
+    """jann.replicate takes any index, trained or not; jann.train then trains it as the
+    unplaced index would be trained (a replicated PCA or SQ index was left untrained)."""
+    key = jax.random.key(5)
+    plain = jann.add(jann.train(jann.index_factory(D, description), xb, key=key), xb)
+    replicated = jann.replicate(jann.index_factory(D, description), mesh)
+    assert not replicated.is_trained
+    replicated = jann.train(replicated, xb, key=key)
+    assert replicated.is_trained
+    replicated = jann.add(replicated, xb)
+    params = {"ef": 32} if description.startswith("HNSW") else (
+        {"nprobe": 3} if description.startswith("IVF") else {})
+    same(jann.search(replicated, xq, 10, **params), jann.search(plain, xq, 10, **params),
+         exact=False)
+
+
 # ------------------------------------------------------------------- add / remove
 def test_remove_renumbers_like_unsharded_and_refills_emptied_shard(xb, xq, mesh):
     index = jann.add(jann.index_factory(D, "Flat"), xb)

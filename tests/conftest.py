@@ -1,6 +1,8 @@
 """Shared fixtures. Recall-related tests use real data (the embedded Fashion-MNIST subset);
 random vectors are used only where the test is about shapes or exact equality."""
 
+import sys
+
 import faiss
 import jax
 import numpy as np
@@ -13,6 +15,22 @@ from jann import datasets
 # faiss is an oracle here, not a competitor: one OpenMP thread keeps it from spinning
 # against XLA's threads on small CI machines (calls were up to 15x slower otherwise).
 faiss.omp_set_num_threads(1)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The deviceless GPU / TPU compile check runs in worker processes started now, beside
+    the other tests, and its tests (which wait for the workers) run last."""
+    compile_check = [item for item in items if item.path.name == "test_gpu_compile.py"]
+    if compile_check and not config.option.collectonly:
+        items[:] = [item for item in items if item not in compile_check] + compile_check
+        compile_check[0].module.start_in_background()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop compile workers a stopped or failed-early session left running."""
+    module = sys.modules.get("test_gpu_compile")
+    if module is not None:
+        module.stop_background()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,29 +38,76 @@ def _installed():
     return all((AOT_DIR / name).is_dir() for name in ("jax_plugins", "nvidia", "libtpu"))
 
 
-@pytest.fixture(scope="module")
-def compile_results():
+def _compile_everywhere(workers):
+    """Install the toolchain if missing, run a worker per target (each Popen also put in
+    `workers`, so a session that ends early can stop them); {target: (returncode,
+    report lines, stderr tail)}, or a string saying why the check cannot run."""
     if not _installed():
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target",
              str(AOT_DIR), *_toolchain_requirements()], capture_output=True, text=True)
         if proc.returncode != 0 or not _installed():
-            pytest.skip("the compile toolchain could not be installed into "
-                        f"{AOT_DIR} (pip: {proc.stderr.strip()[-500:]})")
+            return (f"the compile toolchain could not be installed into {AOT_DIR} "
+                    f"(pip: {proc.stderr.strip()[-500:]})")
     # (jann comes from the installed package: its jann.ops lives in ops/, which a plain
     # path entry for the checkout would not map)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(AOT_DIR), os.environ.get("PYTHONPATH", "")]))
-    workers = {target: subprocess.Popen(
+    workers.update({target: subprocess.Popen(
         [sys.executable, str(HERE / "_gpu_compile_worker.py"), target], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for target in ("H100", "A100", "tpu")}
+        for target in ("H100", "A100", "tpu")})
     results = {}
     for target, proc in workers.items():
         out, err = proc.communicate(timeout=WORKER_TIMEOUT)
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         results[target] = (proc.returncode, lines, err[-3000:])
     return results
+
+
+class _Background(threading.Thread):
+    """The compile check running beside the rest of the suite: conftest starts it when
+    the session collects these tests (and runs them last), as most other tests keep one
+    of two cores busy at most (the workers are processes; this thread only waits)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.results = None
+        self.workers = {}
+
+    def run(self):
+        try:
+            self.results = _compile_everywhere(self.workers)
+        except Exception as e:  # noqa: BLE001  (reported by the tests)
+            self.results = f"{type(e).__name__}: {e}"
+
+    def stop(self):
+        for proc in self.workers.values():
+            proc.kill()
+
+
+_BACKGROUND: _Background | None = None
+
+
+def start_in_background():
+    global _BACKGROUND
+    if _BACKGROUND is None:
+        _BACKGROUND = _Background()
+        _BACKGROUND.start()
+
+
+def stop_background():
+    if _BACKGROUND is not None:
+        _BACKGROUND.stop()
+
+
+@pytest.fixture(scope="module")
+def compile_results():
+    start_in_background()
+    _BACKGROUND.join()
+    if isinstance(_BACKGROUND.results, str):
+        pytest.skip(_BACKGROUND.results)
+    return _BACKGROUND.results
 
 
 def _check(results, target):

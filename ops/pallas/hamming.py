@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..hamming import MISSING_DISTANCE, _words, knn_hamming_reference
+from ..hamming import MISSING_DISTANCE, as_words, knn_hamming_reference
 from .plans import plan_hamming
 from .topk import ScanConfig, load_rows, scan_call
 
@@ -48,7 +48,7 @@ def _make_key_tile(q_refs, db_refs):
 def _signed_words(codes):
     """Codes as int32 words: Triton lowers popcount (`__nv_popc`) for int32 only, and the
     count of a word does not depend on its sign."""
-    return jax.lax.bitcast_convert_type(_words(codes), jnp.int32)
+    return jax.lax.bitcast_convert_type(as_words(codes), jnp.int32)
 
 
 def knn_hamming_pallas(xq_codes, xb_codes, k: int, *, xb_valid=None,
