@@ -10,6 +10,8 @@ are pure functions that work inside your own `jax.jit` code.
 """
 
 from jann import config, ops, quantizers, transforms
+from jann._pytree import pytree_dataclass, static
+from jann.index import Index
 from jann.api import (
     RangeResult, add, add_preassigned, check, merge_from, ntotal, range_search,
     range_search_padded, reconstruct, reconstruct_n, remove_ids, reserve, search,
@@ -63,4 +65,5 @@ __all__ = [
     "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
     "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
+    "Index", "pytree_dataclass", "static",
 ]

@@ -47,6 +47,15 @@ def as_array(x, name: str):
         raise InvalidInputError(f"{name}: cannot convert {type(x).__name__} to an array") from exc
 
 
+def check_code_bits(d_bits) -> int:
+    """d_bits as the size of a binary code: an int > 0, a multiple of 8 (whole bytes)."""
+    if isinstance(d_bits, bool) or not isinstance(d_bits, (int, np.integer)) or d_bits <= 0 \
+            or d_bits % 8:
+        raise InvalidInputError(f"binary indexes need d (bits) > 0 and a multiple of 8, "
+                                f"got {d_bits!r}")
+    return int(d_bits)
+
+
 def as_binary_codes(x, d_bits: int, name: str):
     """x as (n, d_bits / 8) packed uint8 codes (the binary indexes' input), or a clear
     error naming what is wrong."""
@@ -138,30 +147,23 @@ def as_ids(ids, n: int, name: str = "ids"):
 def delegated_search_params(inner, description: str, params: dict) -> dict:
     """Search parameters checked by the index `inner` that a wrapper delegates to; an
     index without any refuses every parameter, naming the wrapper."""
-    checker = getattr(inner, "check_search_params", None)
-    if checker is None:
-        if params:
-            raise InvalidInputError(
-                f"{description} takes no search parameters, got {sorted(params)}")
-        return {}
-    return checker(**params)
+    if params and not search_param_names(inner):
+        raise InvalidInputError(
+            f"{description} takes no search parameters, got {sorted(params)}")
+    return inner.check_search_params(**params)
 
 
 def search_param_names(index) -> list[str]:
     """The search parameters an index accepts (its `check_search_params` keywords, and
     those of the index it delegates to when it takes **params)."""
-    checker = getattr(index, "check_search_params", None)
-    if checker is None:
-        return []
     names, delegates = [], False
-    for param in inspect.signature(checker).parameters.values():
+    for param in inspect.signature(index.check_search_params).parameters.values():
         if param.kind is param.VAR_KEYWORD:
             delegates = True
         elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
             names.append(param.name)
-    if delegates:
-        inner = getattr(index, "inner", None) or getattr(index, "per_shard", None)
-        names += [] if inner is None else search_param_names(inner)
+    if delegates and index.inner is not None:
+        names += search_param_names(index.inner)
     return names
 
 

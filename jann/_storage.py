@@ -138,6 +138,11 @@ def raise_for_status(status: int) -> None:
             "jann.reserve(index, n) before jitting")
 
 
+def id_mode_prefix(id_mode: str) -> str:
+    """The factory-string prefix naming an id mode ("IDMap," for "idmap", ...)."""
+    return {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[id_mode]
+
+
 def host_int(x) -> int:
     return int(np.asarray(x))
 
@@ -163,5 +168,4 @@ class ListedRows(StatusWord):
         return self.payload.shape[0]
 
     def describe(self) -> str:
-        prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
-        return prefix + self.description
+        return id_mode_prefix(self.id_mode) + self.description

@@ -25,6 +25,7 @@ from jann._inputs import (
     search_param_names, split_search_params)
 from jann.errors import (
     DuplicateIdError, IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
+from jann.index import Index
 from jann.ops import dispatch
 from jann.ops import distances as dist_ops
 from jann.ops.topk import check_k
@@ -95,11 +96,17 @@ def _bucketed_chunks(n: int, buckets=QUERY_BUCKETS, padding_is_free: bool = Fals
 def _as_input(index, x, name: str):
     """x validated as the index's input: float vectors, or packed codes for the binary
     indexes (their `as_input` hook checks dtype and code size)."""
-    hook = getattr(index, "as_input", None)
-    return as_vectors(x, index.d, name) if hook is None else hook(x, name)
+    return index.as_input(x, name)
+
+
+def _require_index(index, what: str):
+    if not isinstance(index, Index):
+        raise InvalidInputError(f"{what} needs a jann index (see jann.index_factory), got "
+                                f"{type(index).__name__}")
 
 
 def _require_trained(index, what: str):
+    _require_index(index, what)
     if not index.is_trained:
         raise NotTrainedError(
             f"{what} on an untrained {index.describe()} index: call jann.train(index, x) first")
@@ -127,10 +134,10 @@ def train(index, x, key=None, **kwargs):
     `key` is a `jax.random` key for whatever is random in training (k-means init,
     sampling); the same key and data give the same index.
     """
+    _require_index(index, "train")
     x = _as_input(index, x, "training vectors")
     check_finite(x, "training vectors", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
-    trainer = getattr(index, "train", None)
-    return index if trainer is None else trainer(x, key=key, **kwargs)
+    return index.train(x, key=key, **kwargs)
 
 
 # ------------------------------------------------------------------------------- add
@@ -167,8 +174,9 @@ def add(index, x, ids=None):
 def add_preassigned(index, x, lists, ids=None):
     """Add vectors to the inverted lists given (n,), bypassing the coarse quantizer
     (FAISS contrib `add_preassigned`)."""
+    _require_index(index, "add_preassigned")
     lists = as_array(lists, "lists")
-    if not hasattr(index, "nlist"):
+    if not index.inverted_lists:
         raise InvalidInputError(f"add_preassigned needs an IVF index, got {index.describe()}")
     if lists.ndim != 1 or lists.shape[0] != np.shape(x)[0]:
         raise InvalidInputError(f"lists must have shape ({np.shape(x)[0]},), got {lists.shape}")
@@ -203,8 +211,7 @@ def _add(index, x, ids, lists):
     extra = {} if lists is None else {"lists": jnp.asarray(lists, jnp.int32)}
     if is_traced(index, x, ids, lists):
         return index.add_core(x, n, ids, _row_ok(index, x), **extra)
-    if hasattr(index, "check_add"):  # e.g. a graph's first add must exceed its degree
-        index.check_add(n)
+    index.check_add(n)  # e.g. a graph's first add must exceed its degree
     if n == 0:
         return index
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
@@ -232,8 +239,8 @@ def check(index):
 
 def ntotal(index) -> int:
     """Number of vectors in the index (FAISS `ntotal`; tombstoned rows not counted)."""
-    live = getattr(index, "ntotal_live", None)
-    return _storage.host_int(index.count if live is None else live())
+    _require_index(index, "ntotal")
+    return _storage.host_int(index.ntotal_live())
 
 
 # ---------------------------------------------------------------------------- search
@@ -294,7 +301,7 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
         return _search_impl(index, xq, k, selector, params)[:2]
     nq = xq.shape[0]
     out_d, out_i = [], []
-    skips_padding = getattr(index, "skips_padded_queries", False)
+    skips_padding = index.skips_padded_queries
     static, dynamic = params
     for start, stop, size in _bucketed_chunks(nq, padding_is_free=skips_padding):
         chunk = _pad_rows_np_or_jit(xq[start:stop], size)
@@ -473,6 +480,11 @@ def reconstruct(index, ids):
     return vectors[0] if single else vectors
 
 
+@functools.partial(jax.jit, static_argnames=("n",))
+def _reconstruct_n_jit(index, i0, n):
+    return index.reconstruct_n_core(i0, n)
+
+
 def reconstruct_n(index, i0: int, n: int):
     """Vectors i0 .. i0+n-1 as float32 (n, d): storage positions for Flat (insertion
     order), ids i0 .. i0+n-1 for the other indexes (as FAISS)."""
@@ -480,9 +492,13 @@ def reconstruct_n(index, i0: int, n: int):
     total = ntotal(index)
     if i0 < 0 or n < 0 or i0 + n > total:
         raise InvalidInputError(f"reconstruct_n({i0}, {n}) is outside [0, {total})")
-    if hasattr(index, "vectors"):  # Flat: storage order is insertion order
-        return index.vectors[i0:i0 + n].astype(jnp.float32)
-    return reconstruct(index, np.arange(i0, i0 + n))
+    if is_traced(index):
+        return index.reconstruct_n_core(jnp.int32(i0), n)[0]
+    vectors, found = _reconstruct_n_jit(index, jnp.int32(i0), n)
+    found = _host_view(found)
+    if not found.all():
+        raise IdNotFoundError(f"id {i0 + int(np.argmin(found))} is not in the index")
+    return vectors
 
 
 # ------------------------------------------------------------ IVF-specific helpers
@@ -492,7 +508,7 @@ def search_preassigned(index, xq, k: int, lists, *, selector: IDSelector | None 
     k = check_k(k)
     _require_trained(index, "search_preassigned")
     _check_selector(selector)
-    if not hasattr(index, "scan"):
+    if not index.inverted_lists:
         raise InvalidInputError(f"search_preassigned needs an IVF index, got {index.describe()}")
     xq = as_vectors(xq, index.d, "queries")
     lists = as_array(lists, "lists")
@@ -521,7 +537,8 @@ def merge_from(index, other):
     """`index` with all of `other`'s vectors added (FAISS `merge_from`, the on-disk merge
     of contrib): both must share the trained quantizer and codec. Sequential ids of
     `other` are shifted by `ntotal(index)`, as FAISS does."""
-    if type(index) is not type(other) or not hasattr(index, "insert_rows"):
+    _require_index(index, "merge_from")
+    if type(index) is not type(other) or not index.inverted_lists:
         raise InvalidInputError("merge_from needs two IVF indexes of the same kind")
     _require_trained(index, "merge_from")
     _require_trained(other, "merge_from")

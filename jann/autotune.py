@@ -16,16 +16,14 @@ outcome (the recall of a measured setting above it, the time of one below it) wo
 dominated by a point already measured. The order is the cheapest setting, the dearest,
 then the rest in a seeded random order, which gives both bounds early.
 
-The space of an index type is discoverable: an index type declares its knobs with a
-`search_parameter_space()` method (as `GraphIndex` does, so the graph module needs no
-import of this one), or registers them with `search_parameter_space`, which dispatches
-on the type (`functools.singledispatch`).
+The space of an index is what its type declares (`Index.search_parameter_space()`:
+IVF's nprobe, a graph's ef, a refinement's k_factor on top of its base's), so a new index
+type needs no edit here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import time
@@ -37,9 +35,11 @@ import numpy as np
 
 from jann._inputs import as_array, as_vectors
 from jann.api import search_program_params, ntotal, search
-from jann.compose import PreTransformIndex, RefineIndex
+from jann.compose import K_FACTOR_VALUES
 from jann.errors import InvalidDtypeError, InvalidInputError, NotTrainedError
-from jann.ivf import IVFIndex
+from jann.graph import EF_VALUES
+from jann.index import Index
+from jann.ivf import nprobe_values
 
 __all__ = [
     "GRAPH_EF_VALUES",
@@ -54,54 +54,26 @@ __all__ = [
     "search_parameter_space",
 ]
 
-# FAISS's ParameterSpace tries k_factor_rf = 1, 2, 4, ..., 64.
-K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
 # Beam widths for graph indexes (hnswlib's ef, FAISS's efSearch); values below k are
 # dropped by whoever knows k, since a graph search returns at most ef results.
-GRAPH_EF_VALUES = (10, 16, 32, 64, 128, 256, 512)
-
-
-def nprobe_values(nlist: int) -> tuple[int, ...]:
-    """Powers of two up to nlist, and nlist itself (probing every list is exact search).
-
-    Powers of two also match jann's compile buckets: each value is its own program."""
-    if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or nlist < 1:
-        raise InvalidInputError(f"nlist must be a positive int, got {nlist!r}")
-    values = [1 << i for i in range(int(nlist).bit_length()) if 1 << i <= nlist]
-    return tuple(values if values[-1] == nlist else values + [int(nlist)])
+GRAPH_EF_VALUES = EF_VALUES
 
 
 # ------------------------------------------------------------------ parameter space
-@functools.singledispatch
 def search_parameter_space(index) -> dict[str, tuple]:
-    """The search-time parameters of `index` and the values worth trying, by type.
+    """The search-time parameters of `index` and the values worth trying.
 
     Returns {name: ascending values}, names as `jann.search` takes them; {} for an index
-    with no knobs (Flat, flat-coded, exhaustive 2-level, LSH). An index type may instead
-    declare its own space with a `search_parameter_space()` method.
+    with no knobs (Flat, flat-coded, exhaustive 2-level, LSH). Each index type declares
+    its own (`Index.search_parameter_space`).
     """
-    if not hasattr(index, "search_core"):
-        raise InvalidInputError(
-            f"search_parameter_space needs a jann index, got {type(index).__name__}")
-    declared = getattr(index, "search_parameter_space", None)
-    return {} if declared is None else {n: tuple(v) for n, v in declared().items()}
+    _require_index(index, "search_parameter_space")
+    return {n: tuple(v) for n, v in index.search_parameter_space().items()}
 
 
-@search_parameter_space.register
-def _(index: IVFIndex) -> dict[str, tuple]:
-    if index.exhaustive or index.nlist == 1:
-        return {}
-    return {"nprobe": nprobe_values(index.nlist)}
-
-
-@search_parameter_space.register
-def _(index: RefineIndex) -> dict[str, tuple]:
-    return {**search_parameter_space(index.base), "k_factor": K_FACTOR_VALUES}
-
-
-@search_parameter_space.register
-def _(index: PreTransformIndex) -> dict[str, tuple]:
-    return search_parameter_space(index.index)
+def _require_index(index, what: str):
+    if not isinstance(index, Index):
+        raise InvalidInputError(f"{what} needs a jann index, got {type(index).__name__}")
 
 
 # ------------------------------------------------------------------ operating points
@@ -362,8 +334,7 @@ def autotune(index, xq, gt, target_recall: float = 0.95, k: int = 10,
         raise InvalidInputError(f"k must be a positive int, got {k!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise InvalidInputError(f"repeats must be an int >= 1, got {repeats!r}")
-    if not hasattr(index, "search_core"):
-        raise InvalidInputError(f"autotune needs a jann index, got {type(index).__name__}")
+    _require_index(index, "autotune")
     space = search_parameter_space(index) if params is None else params
     if not index.is_trained:
         raise NotTrainedError(f"autotune on an untrained {index.describe()} index: call "

@@ -29,22 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann import _storage
-from jann._inputs import as_binary_codes
-from jann._pytree import pytree_dataclass
+from jann._inputs import as_binary_codes, check_code_bits
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError
+from jann.index import Index
 from jann.lsh import BinaryCodeStore
 from jann.ops import hamming
 
-__all__ = ["BinaryFlat", "BinaryIVF", "binary_flat"]
+__all__ = ["BinaryFlat", "BinaryIVF"]
 
 SCAN_CHUNK = 256
 MAX_HASH_PROBES = 4096
-
-
-def _check_bits(d: int):
-    if isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d % 8:
-        raise InvalidInputError(f"binary indexes need d (bits) > 0 and a multiple of 8, "
-                                f"got {d!r}")
 
 
 def _order_by_key_then_id(keys, ids, k):
@@ -55,8 +50,7 @@ def _order_by_key_then_id(keys, ids, k):
     return jnp.take_along_axis(keys, by_key, 1), jnp.take_along_axis(ids, by_key, 1)
 
 
-@pytree_dataclass(data=BinaryCodeStore.DATA_FIELDS, meta=BinaryCodeStore.META_FIELDS)
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class BinaryFlat(BinaryCodeStore):
     """Exact Hamming search over packed codes (FAISS `IndexBinaryFlat`, "BFlat")."""
 
@@ -70,7 +64,7 @@ class BinaryFlat(BinaryCodeStore):
     def as_input(self, x, name):
         return as_binary_codes(x, self.d, name)
 
-    def prepare_queries(self, codes):
+    def prepare(self, codes):
         return codes.astype(jnp.uint8)
 
     def add_core(self, x, n_valid, ids, valid_rows):
@@ -85,17 +79,8 @@ class BinaryFlat(BinaryCodeStore):
         return jnp.where(found[:, None], out, 0).astype(jnp.uint8), found
 
 
-def binary_flat(d: int, id_mode: str = "sequential") -> BinaryFlat:
-    _check_bits(d)
-    base = BinaryFlat.empty(d // 8, "hamming", id_mode=id_mode)
-    return dataclasses.replace(base, vectors=jnp.zeros((0, d // 8), jnp.uint8))
-
-
-@pytree_dataclass(
-    data=("centroids", "payload", "ids", "offsets", "count", "status"),
-    meta=("id_mode", "hash_bits", "is_trained", "description"))
-@dataclasses.dataclass(frozen=True)
-class BinaryIVF(_storage.ListedRows):
+@pytree_dataclass
+class BinaryIVF(_storage.ListedRows, Index):
     """Inverted lists of binary codes ("BIVF<nlist>"), or prefix buckets ("BHash<b>").
 
     centroids: (nlist, nbytes) uint8 (IVF; empty for the hash index).
@@ -110,17 +95,17 @@ class BinaryIVF(_storage.ListedRows):
     offsets: jax.Array
     count: jax.Array
     status: jax.Array
-    id_mode: str = "sequential"
-    hash_bits: int = 0
-    is_trained: bool = False
-    description: str = "BIVF"
+    id_mode: str = static("sequential")
+    hash_bits: int = static(0)
+    is_trained: bool = static(False)
+    description: str = static("BIVF")
 
     metric = "hamming"
 
     @classmethod
     def create(cls, d: int, nlist: int = 0, *, hash_bits: int = 0,
                id_mode: str = "sequential") -> BinaryIVF:
-        _check_bits(d)
+        d = check_code_bits(d)
         if hash_bits:
             if not 1 <= hash_bits <= min(d, 24):
                 raise InvalidInputError(f"BHash needs 1 <= b <= min(d, 24) prefix bits, got "

@@ -67,7 +67,8 @@ def _hashable_meta(value):
 def _to_state(index, prefix="", leaf=np.asarray):
     """(JSON tree, {array name: leaf(array)}) of an index, recursing into sub-indexes."""
     meta_names = set(type(index).META_FIELDS)
-    tree = {"type": type(index).__name__, "meta": {}, "fields": {}}
+    tree = {"type": type(index).__name__, "module": type(index).__module__, "meta": {},
+            "fields": {}}
     arrays = {}
     for f in dataclasses.fields(index):
         value = getattr(index, f.name)
@@ -89,7 +90,11 @@ def _to_state(index, prefix="", leaf=np.asarray):
 def _from_state(tree, arrays):
     types = PYTREE_TYPES
     if not isinstance(tree, dict) or tree.get("type") not in types:
-        raise CheckpointError(f"unknown index type in checkpoint: {tree.get('type')!r}")
+        module = tree.get("module") if isinstance(tree, dict) else None
+        hint = "" if not module or module.startswith("jann") else \
+            f" (defined in module {module!r}: import it before loading; jann serve --import)"
+        raise CheckpointError(f"unknown index type in checkpoint: "
+                              f"{tree.get('type') if isinstance(tree, dict) else tree!r}{hint}")
     kwargs = {k: _hashable_meta(v) for k, v in tree.get("meta", {}).items()}
     for name, spec in tree.get("fields", {}).items():
         if spec is None:

@@ -1,5 +1,5 @@
 """The `jann` command line: `jann demo` (build, search, check against exact search),
-`jann info` (versions and devices) and `jann serve` (an HTTP search service, jann/serve.py).
+`jann info` (versions and devices) and `jann serve` (an HTTP search service, jann/serve/).
 
     jann demo                                  # Flat on the embedded Fashion-MNIST set
     jann demo --dataset sift/ --queries 500    # a directory of npy / fvecs, or .hdf5 / .npy
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -155,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest k a request may ask for (default: 1024)")
     serve.add_argument("--max-queries", type=_positive_int, metavar="N",
                        help="most queries per request (default: 16384)")
+    serve.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                       help="import MODULE before loading (repeatable): the module that "
+                            "defines an index type of your own")
     serve.set_defaults(func=_serve)
     return parser
 
@@ -313,7 +317,7 @@ def _demo(args) -> int:
         index = jann.train(index, xb, key=jax.random.key(0))
         jax.block_until_ready(index)
         train_time = time.perf_counter() - start
-    if getattr(index, "id_mode", "sequential") == "sequential":
+    if index.id_mode == "sequential":
         index = jann.add(index, xb)
     else:                                        # IDMap: give the row numbers as ids
         index = jann.add(index, xb, np.arange(nb, dtype=np.int32))
@@ -356,7 +360,12 @@ def _serve(args) -> int:
             raise
         raise _UsageError(str(e)) from None
     given = {name: value for name, value in vars(args).items()
-             if name not in ("command", "func")}
+             if name not in ("command", "func", "imports")}
+    for module in getattr(args, "imports", ()):  # registers its index types
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise _UsageError(f"--import {module}: {e}") from None
     # Only given options are in args (ServeConfig holds the defaults); a backend becomes
     # the process default, so every search of the service uses it.
     backend = given.pop("backend", None)

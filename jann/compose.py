@@ -10,26 +10,40 @@ to the vectors a second index reconstructs.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jann._inputs import delegated_search_params
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError
+from jann.index import Index
 from jann.ops import distances as dist_ops
 from jann.ops.knn import map_query_blocks
 from jann.ops.topk import smallest_k_padded
 
 # Queries per block of the refine step's exact re-scoring (see RefineIndex._rescore).
 RESCORE_QUERY_BLOCK = 16
+# The k_factor values autotuning tries (FAISS's ParameterSpace: k_factor_rf 1, 2, ..., 64).
+K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
 
 __all__ = ["PreTransformIndex", "RefineIndex"]
 
 
-class _Delegating:
-    """Forwards the storage bookkeeping (count, status, capacity, ids) to `self.inner`."""
+class _Delegating(Index, abstract=True):
+    """Forwards the storage bookkeeping (count, status, capacity, ids) to `self.inner`,
+    the index it wraps (its field `INNER`)."""
+
+    INNER: ClassVar[str]
+
+    @property
+    def inner(self):
+        return getattr(self, self.INNER)
+
+    def with_inner(self, inner):
+        return dataclasses.replace(self, **{self.INNER: inner})
 
     @property
     def count(self):
@@ -59,24 +73,24 @@ class _Delegating:
     def skips_padded_queries(self):
         """Padded query rows are skipped when the inner index skips them: search
         parameters (`n_queries` among them) go through to it."""
-        return getattr(self.inner, "skips_padded_queries", False)
+        return self.inner.skips_padded_queries
 
     def check_search_params(self, **params):
         return delegated_search_params(self.inner, self.describe(), params)
 
+    def search_parameter_space(self) -> dict[str, tuple]:
+        return self.inner.search_parameter_space()
 
-@pytree_dataclass(data=("transform", "index"), meta=("transform_description",))
-@dataclasses.dataclass(frozen=True)
+
+@pytree_dataclass
 class PreTransformIndex(_Delegating):
     """`index` searched on `transform.apply(x)`."""
 
     transform: object
     index: object
-    transform_description: str = ""
+    transform_description: str = static("")
 
-    @property
-    def inner(self):
-        return self.index
+    INNER = "index"
 
     @property
     def d(self) -> int:
@@ -129,8 +143,7 @@ class PreTransformIndex(_Delegating):
         return self.transform.reverse(y), found
 
 
-@pytree_dataclass(data=("base", "refine"), meta=("k_factor", "refine_description"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class RefineIndex(_Delegating):
     """Candidates from `base` re-ranked by exact distances to `refine`'s reconstructions.
 
@@ -140,12 +153,10 @@ class RefineIndex(_Delegating):
 
     base: object
     refine: object
-    k_factor: float = 1.0
-    refine_description: str = "RFlat"
+    k_factor: float = static(1.0)
+    refine_description: str = static("RFlat")
 
-    @property
-    def inner(self):
-        return self.base
+    INNER = "base"
 
     @property
     def d(self) -> int:
@@ -179,6 +190,9 @@ class RefineIndex(_Delegating):
         refine = self.refine.add_core(x, n_valid, ids, valid_rows)
         return dataclasses.replace(self, base=base, refine=refine)
 
+    def search_parameter_space(self) -> dict[str, tuple]:
+        return {**self.base.search_parameter_space(), "k_factor": K_FACTOR_VALUES}
+
     def check_search_params(self, k_factor=None, **params):
         out = super().check_search_params(**params)
         k_factor = self.k_factor if k_factor is None else k_factor
@@ -205,7 +219,7 @@ class RefineIndex(_Delegating):
                 scores = jnp.einsum("qd,qkd->qk", q, vectors)
             return scores, found.reshape(cand.shape) & (cand >= 0)
 
-        q = self.refine.prepare_queries(xq)
+        q = self.refine.prepare(xq)
         return map_query_blocks(block, (q, cand_ids), RESCORE_QUERY_BLOCK, n_queries)
 
     def search_core(self, xq, k, selector=None, k_factor=1.0, **params):

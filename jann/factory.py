@@ -35,9 +35,20 @@ from __future__ import annotations
 
 import re
 
+from jann import binary
+from jann.compose import PreTransformIndex, RefineIndex
 from jann.errors import FactoryStringError, InvalidInputError
 from jann.flat import STORAGE_DTYPES, FlatIndex
+from jann.graph import GraphIndex
+from jann.ivf import IVFIndex
+from jann.lsh import BinaryCodeStore, LSHTransform
 from jann.ops.distances import canonical_metric
+from jann.quantizers.identity import IdentityCodec
+from jann.quantizers.opq import OPQMatrix
+from jann.quantizers.pq import ProductQuantizer
+from jann.quantizers.rq import ProductResidualQuantizer, ResidualQuantizer
+from jann.quantizers.sq import ScalarQuantizer
+from jann.transforms import Chain, parse_transform
 
 __all__ = ["GRAMMAR", "index_factory"]
 
@@ -66,14 +77,12 @@ def _split(description: str) -> list[str]:
 # ------------------------------------------------------------------ transforms
 def _transform(token: str, d: int):
     """(transform, d_out) for a transform token, or None when the token is not one."""
-    from jann import transforms
-    from jann.quantizers.opq import OPQMatrix
 
     if m := re.fullmatch(r"OPQ(\d+)(?:_(\d+))?", token):
         d_out = int(m.group(2) or d)
         return OPQMatrix.create(d, int(m.group(1)), d_out), d_out
     if re.fullmatch(r"(PCAW?R?\d+|RR\d*|ITQ\d*)", token):
-        transform = transforms.parse_transform(token, d)
+        transform = parse_transform(token, d)
         return transform, transform.d_out
     return None
 
@@ -85,28 +94,22 @@ _SQ_TYPES = ("SQ8", "SQ4", "SQ6", "SQ8_uniform", "SQ4_uniform", "SQ8_direct", "S
 
 def _codec(token: str, d: int, dtype: str):
     """(codec, by_residual default) for a codes token, or None."""
-    from jann.quantizers.identity import IdentityCodec
 
     if token == "Flat":
         return IdentityCodec.create(d, dtype), False
     if m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?(np)?", token):
-        from jann.quantizers.pq import ProductQuantizer
         return ProductQuantizer.create(d, int(m.group(1)), int(m.group(2) or 8)), True
     if token in _SQ_TYPES:
-        from jann.quantizers.sq import ScalarQuantizer
         return ScalarQuantizer.create(d, token), True
     if m := re.fullmatch(r"RQ(\d+)x(\d+)", token):
-        from jann.quantizers.rq import ResidualQuantizer
         return ResidualQuantizer.create(d, int(m.group(1)), int(m.group(2))), True
     if m := re.fullmatch(r"PRQ(\d+)x(\d+)x(\d+)", token):
-        from jann.quantizers.rq import ProductResidualQuantizer
         return ProductResidualQuantizer.create(
             d, int(m.group(1)), int(m.group(2)), int(m.group(3))), True
     return None
 
 
 def _coded_index(d, tokens, description, metric, id_mode, dtype):
-    from jann.ivf import IVFIndex
 
     head = tokens[0]
     if m := re.fullmatch(r"(IVF|Residual)(\d+)(?:_(\w+))?", head):
@@ -136,9 +139,14 @@ def _coded_index(d, tokens, description, metric, id_mode, dtype):
     if m := re.fullmatch(r"LSH(\d*)(r?)(t?)", head):
         if len(tokens) != 1:
             _fail(description, "LSH takes no further component")
-        from jann.lsh import lsh_index
-        return lsh_index(d, int(m.group(1)) if m.group(1) else None, rotate=bool(m.group(2)),
-                         train_thresholds=bool(m.group(3)), id_mode=id_mode)
+        nbits = int(m.group(1)) if m.group(1) else None
+        transform = LSHTransform.create(d, nbits, rotate=bool(m.group(2)),
+                                        train_thresholds=bool(m.group(3)))
+        return PreTransformIndex(  # codes compared by Hamming distance after the transform
+            transform=transform, index=BinaryCodeStore.create(8 * transform.d_out, "l2",
+                                                              id_mode=id_mode),
+            transform_description=f"LSH{'' if nbits in (None, d) else nbits}"
+                                  f"{m.group(2)}{m.group(3)}")
     found = _codec(head, d, dtype)
     if found is None or len(tokens) != 1 or head == "Flat":
         return None
@@ -157,7 +165,6 @@ def _graph_index(d, tokens, description, metric, id_mode, dtype):
     m = _GRAPH_RE.fullmatch(tokens[0])
     if m is None:
         return None
-    from jann.graph import GraphIndex
     binary = bool(m.group(1))
     if m.group(2):
         degree, inter = 2 * int(m.group(2)), 3 * int(m.group(2))
@@ -176,21 +183,24 @@ def _graph_index(d, tokens, description, metric, id_mode, dtype):
         codec, name = found[0], ",".join(tokens)
     elif not binary and dtype != "float32":
         codec = _codec("Flat", d, dtype)[0]
-    if binary and d % 8:
-        _fail(description, f"binary indexes need d (bits) to be a multiple of 8, got {d}")
+    if binary:
+        _check_bits(d, description)
     return GraphIndex.create(d, degree, inter, codec, metric=metric, id_mode=id_mode,
                              binary=binary, description=name)
+
+
+def _check_bits(bits: int, description: str):
+    if bits % 8:
+        _fail(description, f"binary indexes need d (bits) to be a multiple of 8, got {bits}")
 
 
 def _binary_index(d, tokens, description, id_mode):
     if len(tokens) != 1 or not _BINARY_RE.fullmatch(tokens[0]):
         return None
-    if d % 8:
-        _fail(description, f"binary indexes need d (bits) to be a multiple of 8, got {d}")
-    from jann import binary
+    _check_bits(d, description)
     head = tokens[0]
     if head == "BFlat":
-        return binary.binary_flat(d, id_mode)
+        return binary.BinaryFlat.create(d, id_mode=id_mode)
     if m := re.fullmatch(r"BIVF(\d+)", head):
         return binary.BinaryIVF.create(d, int(m.group(1)), id_mode=id_mode)
     if m := re.fullmatch(r"BHash(\d+)", head):
@@ -203,7 +213,7 @@ def _main_index(d, tokens, description, metric, metric_arg, id_mode, dtype):
         return index
     flat = re.fullmatch(r"Flat(?:\((float32|float16|bfloat16)\))?", tokens[0])
     if flat and len(tokens) == 1:
-        return FlatIndex.empty(d, metric, metric_arg=metric_arg,
+        return FlatIndex.create(d, metric, metric_arg=metric_arg,
                                dtype=dtype or flat.group(1) or "float32", id_mode=id_mode)
     if metric not in ("l2", "ip", "cosine"):
         _fail(description, f"metric {metric!r} is supported by Flat only")
@@ -252,8 +262,6 @@ def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: f
         tokens, d_in = _binarizer(tokens, transforms, d_in, description)
     index = _main_index(d_in, tokens, description, metric, metric_arg, id_mode, dtype)
     if transforms:
-        from jann.compose import PreTransformIndex
-        from jann.transforms import Chain
         chain = transforms[0][1] if len(transforms) == 1 else Chain.create(
             *[t for _, t in transforms])
         index = PreTransformIndex(transform=chain, index=index,
@@ -266,7 +274,6 @@ def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: f
 def _binarizer(tokens, transforms, d_in, description):
     """Float -> bits in front of a binary index: an LSH token, or the sign of the last
     transform's output (appended to `transforms`); returns (tokens left, bits)."""
-    from jann.lsh import LSHTransform
     if len(tokens) == 2:
         m = re.fullmatch(r"LSH(\d*)(r?)(t?)", tokens[0])
         if m is None:
@@ -281,16 +288,14 @@ def _binarizer(tokens, transforms, d_in, description):
     else:
         _fail(description, "a binary index takes one float -> binary component before it")
     bits = transforms[-1][1].nbits
-    if bits % 8:
-        _fail(description, f"binary indexes need a multiple of 8 bits, got {bits}")
+    _check_bits(bits, description)
     return tokens, bits
 
 
 def _refined(d, base, token, metric, k_factor):
     """Wrap base in a RefineIndex; the refine index always stores the base's ids."""
-    from jann.compose import RefineIndex
     if token == "RFlat":
-        refine = FlatIndex.empty(d, metric, id_mode="idmap")
+        refine = FlatIndex.create(d, metric, id_mode="idmap")
     else:
         inner = re.fullmatch(r"Refine\((.+)\)", token).group(1)
         refine = index_factory(d, "IDMap," + inner, metric)

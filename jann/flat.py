@@ -17,19 +17,18 @@ import jax
 import jax.numpy as jnp
 
 from jann import _storage
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
+from jann.index import Index
+from jann.quantizers.identity import STORAGE_DTYPES
 from jann.ops import distances as dist_ops
-from jann.ops.dispatch import knn_search
+from jann.ops.knn import knn_search
 from jann.ops.range_search import range_scan
 
 ID_MODES = ("sequential", "idmap", "idmap2")
-STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
 
-@pytree_dataclass(data=("vectors", "sqnorms", "ids", "count", "status", "id_order"),
-              meta=("metric", "metric_arg", "id_mode"))
-@dataclasses.dataclass(frozen=True)
-class FlatIndex(_storage.StatusWord):
+@pytree_dataclass
+class FlatIndex(_storage.StatusWord, Index):
     """Exact-search index. Fields that are arrays are pytree leaves; the rest is static.
 
     vectors: (capacity, d) stored rows (L2-normalised when metric is cosine).
@@ -47,13 +46,13 @@ class FlatIndex(_storage.StatusWord):
     count: jax.Array
     status: jax.Array
     id_order: jax.Array
-    metric: str = "l2"
-    metric_arg: float = 2.0
-    id_mode: str = "sequential"
+    metric: str = static("l2")
+    metric_arg: float = static(2.0)
+    id_mode: str = static("sequential")
 
     # --- construction and shape -------------------------------------------------------
     @classmethod
-    def empty(cls, d: int, metric: str = "l2", *, metric_arg: float = 2.0,
+    def create(cls, d: int, metric: str = "l2", *, metric_arg: float = 2.0,
               dtype: str = "float32", id_mode: str = "sequential", capacity: int = 0):
         return cls(
             vectors=jnp.zeros((capacity, d), STORAGE_DTYPES[dtype]),
@@ -82,8 +81,7 @@ class FlatIndex(_storage.StatusWord):
 
     def describe(self) -> str:
         base = "Flat" if self.dtype == "float32" else f"Flat({self.dtype})"
-        return {"sequential": base, "idmap": f"IDMap,{base}", "idmap2": f"IDMap2,{base}"}[
-            self.id_mode]
+        return _storage.id_mode_prefix(self.id_mode) + base
 
     def grown(self, capacity: int) -> "FlatIndex":
         """A copy with room for `capacity` rows (host side; changes the static shapes)."""
@@ -99,12 +97,12 @@ class FlatIndex(_storage.StatusWord):
         return _storage.live_mask(self.capacity, self.count)
 
     # --- pure cores (traceable; the public API validates and batches around them) -----
-    def prepare_queries(self, xq):
+    def prepare(self, xq):
         return dist_ops.normalize_L2(xq) if self.metric == "cosine" else xq.astype(jnp.float32)
 
     def add_core(self, x, n_valid, ids, valid_rows):
         """Append x[:n_valid] (with ids, or sequential ids when ids is None)."""
-        x = self.prepare_queries(x)
+        x = self.prepare(x)
         stored = x.astype(self.vectors.dtype)
         n = x.shape[0]
         if ids is None:
@@ -140,7 +138,7 @@ class FlatIndex(_storage.StatusWord):
 
     def search_core(self, xq, k: int, selector=None, backend: str = "auto"):
         distances, rows = knn_search(
-            self.prepare_queries(xq), self.vectors, k, self.metric, self.metric_arg,
+            self.prepare(xq), self.vectors, k, self.metric, self.metric_arg,
             xb_sqnorms=self.sqnorms, xb_valid=self._selected(selector), n_rows=self.count,
             backend=backend)
         return distances, self._row_ids(rows)
@@ -148,7 +146,7 @@ class FlatIndex(_storage.StatusWord):
     def range_core(self, xq, radius, capacity: int, selector=None, backend: str = "auto"):
         """backend: range search has no kernel; XLA whatever it says."""
         counts, distances, rows = range_scan(
-            self.prepare_queries(xq), self.vectors, radius, capacity, self.metric,
+            self.prepare(xq), self.vectors, radius, capacity, self.metric,
             self.metric_arg, xb_sqnorms=self.sqnorms, xb_valid=self.allowed(selector))
         return counts, distances, self._row_ids(rows)
 
@@ -172,6 +170,11 @@ class FlatIndex(_storage.StatusWord):
             rows, found = _storage.lookup_ids(self.ids, self.live(), ids.astype(self.ids.dtype),
                                               self.id_order)
         return self.vectors[jnp.clip(rows, 0, max(self.capacity - 1, 0))], found
+
+    def reconstruct_n_core(self, i0, n: int):
+        """Storage positions i0..i0+n-1: insertion order (FAISS's IndexFlat)."""
+        vectors = jax.lax.dynamic_slice_in_dim(self.vectors, i0, n).astype(jnp.float32)
+        return vectors, jnp.ones((n,), bool)
 
     def reconstruct_core(self, ids):
         """Stored vectors (float32) of the given ids, and which ids were found."""

@@ -36,7 +36,7 @@ item instead decodes its Lc codes once and scores them for all Qc queries with o
 against the queries' residuals; the per-(query, list) cost outside the matmul is one
 (Qc, d) subtraction, so there is no table to precompute, and one decode serves Qc queries.
 Look-up tables pay where gathers are cheap and matmuls are not (a GPU kernel:
-`jann.ops.pallas.pq` is the ADC scan with the tables on chip). Measured on Fashion-MNIST
+`jann.ops.adc` is the ADC scan with the tables on chip). Measured on Fashion-MNIST
 (IVF1024,PQ56, 10k queries, 2 threads): 0.78-1.48x faiss-cpu's QPS at every nprobe, at
 equal recall (benchmarks/results/ivf.md).
 """
@@ -44,22 +44,21 @@ equal recall (benchmarks/results/ivf.md).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jann import _storage
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex, build, emptied
+from jann.index import Index
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
-from jann.ops import dispatch
+from jann.ops.ivf_scan import ivf_search
 from jann.ops.knn import map_query_blocks
-from jann.ops.pallas.ivf import ivf_scan_pallas
 from jann.ops.sorting import bucket_sort
 from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
 from jann.quantizers.layout import encoded_row
@@ -108,11 +107,18 @@ def _pow2_near(x: float) -> int:
     return 1 << max(0, int(round(np.log2(max(x, 1.0)))))
 
 
-@pytree_dataclass(
-    data=("quantizer", "codec", "payload", "norms", "ids", "offsets", "count", "status"),
-    meta=("metric", "id_mode", "by_residual", "exhaustive", "is_trained", "description"))
-@dataclasses.dataclass(frozen=True)
-class IVFIndex(_storage.ListedRows):
+def nprobe_values(nlist: int) -> tuple[int, ...]:
+    """Powers of two up to nlist, and nlist itself (probing every list is exact search).
+
+    Powers of two also match jann's compile buckets: each value is its own program."""
+    if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or nlist < 1:
+        raise InvalidInputError(f"nlist must be a positive int, got {nlist!r}")
+    values = [1 << i for i in range(int(nlist).bit_length()) if 1 << i <= nlist]
+    return tuple(values if values[-1] == nlist else values + [int(nlist)])
+
+
+@pytree_dataclass
+class IVFIndex(_storage.ListedRows, Index):
     """Inverted-file index. Array fields are leaves; configuration is static.
 
     quantizer: FlatIndex of the nlist centroids (empty until trained), or a GraphIndex
@@ -125,6 +131,11 @@ class IVFIndex(_storage.ListedRows):
     count:     () int32 live rows (= offsets[-1]).  status: () int32 refused-write bits.
     """
 
+    # jann.search may pad a query batch to a bucket and pass the real row count
+    # (`n_queries`): padded rows probe no list, so they cost no scan work.
+    skips_padded_queries = True
+    inverted_lists = True
+
     quantizer: FlatIndex | GraphIndex
     codec: object
     payload: jax.Array
@@ -133,12 +144,12 @@ class IVFIndex(_storage.ListedRows):
     offsets: jax.Array
     count: jax.Array
     status: jax.Array
-    metric: str = "l2"
-    id_mode: str = "sequential"
-    by_residual: bool = True
-    exhaustive: bool = False
-    is_trained: bool = False
-    description: str = "IVF"
+    metric: str = static("l2")
+    id_mode: str = static("sequential")
+    by_residual: bool = static(True)
+    exhaustive: bool = static(False)
+    is_trained: bool = static(False)
+    description: str = static("IVF")
 
     # --- construction ---------------------------------------------------------------
     @classmethod
@@ -154,7 +165,7 @@ class IVFIndex(_storage.ListedRows):
             raise InvalidInputError(f"the graph quantizer of a {metric} IVF index must use "
                                     f"the {quantizer_metric} metric")
         return cls(
-            quantizer=graph_quantizer or FlatIndex.empty(d, quantizer_metric),
+            quantizer=graph_quantizer or FlatIndex.create(d, quantizer_metric),
             codec=codec,
             payload=jnp.zeros((0,) + code.shape[1:], code.dtype),
             norms=jnp.zeros((0,), jnp.float32),
@@ -188,7 +199,7 @@ class IVFIndex(_storage.ListedRows):
             quantizer = build(emptied(self.quantizer, "sequential"),
                               np.asarray(centroids, np.float32))
             return dataclasses.replace(self, quantizer=quantizer)
-        quantizer = FlatIndex.empty(self.d, self.quantizer.metric, capacity=self.nlist)
+        quantizer = FlatIndex.create(self.d, self.quantizer.metric, capacity=self.nlist)
         quantizer = dataclasses.replace(
             quantizer, vectors=centroids, sqnorms=dist_ops.squared_norms(centroids),
             ids=jnp.arange(self.nlist, dtype=quantizer.ids.dtype),
@@ -220,8 +231,6 @@ class IVFIndex(_storage.ListedRows):
     # --- pure cores -----------------------------------------------------------------
     def prepare(self, x):
         return dist_ops.normalize_L2(x) if self.metric == "cosine" else x.astype(jnp.float32)
-
-    prepare_queries = prepare
 
     def assign(self, x, nprobe: int = 1, quantizer_ef: int | None = None):
         """Nearest lists of prepared vectors: (n,) for nprobe 1, else (n, nprobe). A graph
@@ -430,15 +439,17 @@ class IVFIndex(_storage.ListedRows):
         ids = jnp.where(cols < 0, -1, jnp.take_along_axis(flat_i, jnp.maximum(cols, 0), 1))
         return (-values if similarity else values), ids
 
-    # jann.search may pad a query batch to a bucket and pass the real row count
-    # (`n_queries`): padded rows probe no list, so they cost no scan work.
-    skips_padded_queries = True
+    def search_parameter_space(self) -> dict[str, tuple]:
+        if self.exhaustive or self.nlist == 1:
+            return {}
+        return {"nprobe": nprobe_values(self.nlist)}
 
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
                     n_queries=None, quantizer_ef=None, backend: str = "auto"):
-        """backend: "xla" (the list-major scan below), "pallas" (`ops.pallas.ivf`, the
-        query-major kernel; for raw float, 8-bit scalar and PQ codes, XLA for the others) or
-        "auto" (`ops.dispatch`: XLA until a GPU measurement says otherwise)."""
+        """backend: "xla" (the list-major scan below), "pallas" (`jann.ops.ivf_scan`, the
+        query-major kernel; for the codecs whose `kernel_decode()` describes their codes to
+        it: raw float, 8-bit scalar and PQ codes; XLA for the others) or "auto"
+        (`jann.ops.backend`: XLA until a GPU measurement says otherwise)."""
         q = self.prepare(xq)
 
         def probe(b):
@@ -457,50 +468,12 @@ class IVFIndex(_storage.ListedRows):
                 return self.scan(q, lists, k, selector)
             return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
 
-        decode = self._kernel_decode()
-        if decode is None or backend == "xla":
-            return xla_scan(q, lists)
-        return dispatch.choose("ivf_scan", backend, xla_scan,
-                               functools.partial(self._kernel_scan, k=k, selector=selector,
-                                                 decode=decode), q, lists)
-
-    def _kernel_decode(self):
-        """How `ops.pallas.ivf` decodes this index's codes, or None (no kernel)."""
-        from jann.quantizers.identity import IdentityCodec
-        from jann.quantizers.pq import ProductQuantizer
-        from jann.quantizers.sq import ScalarQuantizer
-        if isinstance(self.codec, IdentityCodec):
-            return "float"
-        if isinstance(self.codec, ScalarQuantizer) and self.codec.bits == 8:
-            return {"nonuniform": "sq8", "uniform": "sq8", "direct": "direct"}[self.codec.kind]
-        if isinstance(self.codec, ProductQuantizer):
-            return "pq"
-        return None
-
-    def _pq_tables(self, q):
-        """The "pq" kernel's look-up tables (ops.pallas.ivf): per query -2 q_m.C_m (l2) or
-        -q_m.C_m (ip); per list 2 c_m.C_m for l2 by residual, else None."""
-        scale = -1.0 if dist_ops.is_similarity(self.metric) else -2.0
-        tables = scale * self.codec.distance_tables(q, "ip")
-        if scale == -1.0 or not self.by_residual:
-            return tables, None
-        return tables, 2.0 * self.codec.distance_tables(self.centroids, "ip")
-
-    def _kernel_scan(self, q, lists, interpret, *, k, selector, decode):
         allowed = self.live() if selector is None else self.live() & selector(self.ids)
-        similarity = dist_ops.is_similarity(self.metric)
-        bias = jnp.where(allowed, 0.0 if similarity else self.norms, jnp.inf)
-        decode_args = ({"vmin": self.codec.vmin, "vdiff": self.codec.vdiff} if decode == "sq8"
-                       else {})
-        if decode == "pq":
-            tables, list_tables = self._pq_tables(q)
-            decode_args = dict(tables=tables, list_tables=list_tables, nbits=self.codec.nbits)
-        keys, rows = ivf_scan_pallas(
-            q, lists, self.offsets, self.payload, bias, self.centroids, k,
-            "ip" if similarity else "l2", by_residual=self.by_residual, decode=decode,
-            interpret=interpret, **decode_args)
-        ids = jnp.where(rows < 0, -1, self.ids[jnp.clip(rows, 0, max(self.capacity - 1, 0))])
-        return (-keys if similarity else jnp.maximum(keys, 0.0)), ids
+        return ivf_search(
+            q, lists, k, "ip" if dist_ops.is_similarity(self.metric) else "l2",
+            decode=self.codec.kernel_decode(), offsets=self.offsets, payload=self.payload,
+            norms=self.norms, allowed=allowed, ids=self.ids, centroids=self.centroids,
+            by_residual=self.by_residual, xla_scan=xla_scan, backend=backend)
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
                    nprobe=None, quantizer_ef=None, backend: str = "auto"):

@@ -14,30 +14,29 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jann._pytree import pytree_dataclass
-from jann.compose import PreTransformIndex
+from jann._inputs import check_code_bits
+from jann._storage import id_mode_prefix
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.ops import hamming
-from jann.ops.dispatch import hamming_search
+from jann.ops.hamming import hamming_search
 from jann.transforms import random_orthogonal
 
-__all__ = ["LSHTransform", "BinaryCodeStore", "lsh_index"]
+__all__ = ["LSHTransform", "BinaryCodeStore"]
 
 
-@pytree_dataclass(data=("rotation", "thresholds"), meta=("d_in", "nbits", "rotate",
-                                                         "train_thresholds", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class LSHTransform:
     """x -> packed bits of (rotation @ x >= thresholds); d_out is the code size in bytes."""
 
     rotation: jax.Array
     thresholds: jax.Array
-    d_in: int
-    nbits: int
-    rotate: bool = False
-    train_thresholds: bool = False
-    is_trained: bool = False
+    d_in: int = static()
+    nbits: int = static()
+    rotate: bool = static(False)
+    train_thresholds: bool = static(False)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d: int, nbits: int | None = None, *, rotate: bool = False,
@@ -73,16 +72,22 @@ class LSHTransform:
         raise InvalidInputError("LSH codes cannot be decoded back to vectors")
 
 
-@pytree_dataclass(data=FlatIndex.DATA_FIELDS, meta=FlatIndex.META_FIELDS)
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class BinaryCodeStore(FlatIndex):
     """Packed binary codes with Flat's storage (ids, growth, removal), searched by Hamming
     distance; `vectors` holds the (capacity, nbytes) uint8 codes."""
 
-    def describe(self) -> str:  # named by the LSH transform in front of it
-        return {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[self.id_mode]
+    @classmethod
+    def create(cls, d: int, metric: str = "hamming", *, id_mode: str = "sequential"):
+        """An empty store of d-bit codes (d a multiple of 8)."""
+        d = check_code_bits(d)
+        store = super().create(d // 8, metric, id_mode=id_mode)
+        return dataclasses.replace(store, vectors=jnp.zeros((0, d // 8), jnp.uint8))
 
-    def prepare_queries(self, codes):
+    def describe(self) -> str:  # named by the LSH transform in front of it
+        return id_mode_prefix(self.id_mode)
+
+    def prepare(self, codes):
         return codes
 
     def search_core(self, codes, k: int, selector=None, backend: str = "auto"):
@@ -97,13 +102,3 @@ class BinaryCodeStore(FlatIndex):
     def reconstruct_core(self, ids):
         raise InvalidInputError("LSH codes cannot be decoded back to vectors (as in FAISS)")
 
-
-def lsh_index(d: int, nbits: int | None = None, *, rotate: bool = False,
-              train_thresholds: bool = False, id_mode: str = "sequential"):
-    """The "LSH[<nbits>][r][t]" factory index: an LSHTransform in front of binary codes."""
-    transform = LSHTransform.create(d, nbits, rotate=rotate, train_thresholds=train_thresholds)
-    store = BinaryCodeStore.empty(transform.d_out, "l2", id_mode=id_mode)
-    store = dataclasses.replace(store, vectors=jnp.zeros((0, transform.d_out), jnp.uint8))
-    name = f"LSH{'' if nbits in (None, d) else nbits}{'r' if rotate else ''}" \
-           f"{'t' if train_thresholds else ''}"
-    return PreTransformIndex(transform=transform, index=store, transform_description=name)

@@ -50,7 +50,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import FactoryStringError, InvalidInputError, NotTrainedError
 from jann.ops.hamming import pack_bits
 
@@ -150,10 +150,7 @@ def binary_codes(x, thresholds=0.0) -> jax.Array:
 
 # --- PCA --------------------------------------------------------------------------------
 
-@pytree_dataclass(data=("mean", "eigenvalues", "components", "rotation"),
-                  meta=("d_in", "d_out", "eigen_power", "random_rotation", "epsilon",
-                        "have_bias", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class PCAMatrix:
     """PCA, optionally whitened and randomly rotated (FAISS `PCAMatrix`).
 
@@ -166,13 +163,13 @@ class PCAMatrix:
     eigenvalues: jax.Array
     components: jax.Array
     rotation: jax.Array
-    d_in: int
-    d_out: int
-    eigen_power: float = 0.0
-    random_rotation: bool = False
-    epsilon: float = 0.0
-    have_bias: bool = True
-    is_trained: bool = False
+    d_in: int = static()
+    d_out: int = static()
+    eigen_power: float = static(0.0)
+    random_rotation: bool = static(False)
+    epsilon: float = static(0.0)
+    have_bias: bool = static(True)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d_in: int, d_out: int, eigen_power: float = 0.0,
@@ -242,15 +239,14 @@ class PCAMatrix:
 
 # --- random rotation ----------------------------------------------------------------------
 
-@pytree_dataclass(data=("matrix",), meta=("d_in", "d_out", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class RandomRotationMatrix:
     """Random orthonormal linear map (FAISS `RandomRotationMatrix`); y = x @ matrix.T."""
 
     matrix: jax.Array
-    d_in: int
-    d_out: int
-    is_trained: bool = False
+    d_in: int = static()
+    d_out: int = static()
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d_in: int, d_out: int | None = None) -> "RandomRotationMatrix":
@@ -301,15 +297,14 @@ def _itq_fit(v, r0, niter):
     return jax.lax.fori_loop(0, niter, body, r0)
 
 
-@pytree_dataclass(data=("rotation",), meta=("d", "max_iter", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ITQMatrix:
     """ITQ rotation (FAISS `ITQMatrix`): y = x @ rotation, trained on centred data."""
 
     rotation: jax.Array
-    d: int
-    max_iter: int = 50
-    is_trained: bool = False
+    d: int = static()
+    max_iter: int = static(50)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d: int, max_iter: int = 50) -> "ITQMatrix":
@@ -350,18 +345,17 @@ class ITQMatrix:
                           precision=_HI)
 
 
-@pytree_dataclass(data=("mean", "pca", "itq"), meta=("d_in", "d_out", "do_pca", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ITQTransform:
     """Centre, L2-normalise, PCA to d_out (if do_pca), ITQ rotation (FAISS `ITQTransform`)."""
 
     mean: jax.Array
     pca: PCAMatrix | None
     itq: ITQMatrix
-    d_in: int
-    d_out: int
-    do_pca: bool = True
-    is_trained: bool = False
+    d_in: int = static()
+    d_out: int = static()
+    do_pca: bool = static(True)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d_in: int, d_out: int | None = None, do_pca: bool | None = None,
@@ -410,8 +404,7 @@ class ITQTransform:
 
 # --- chain --------------------------------------------------------------------------------
 
-@pytree_dataclass(data=("head", "tail"), meta=())
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class Chain:
     """Transforms applied in order; same interface as a single transform.
 

@@ -1,5 +1,14 @@
 """jann.ops: array kernels with no index knowledge (distances, k-selection, exact k-NN,
-range scans, bucketing). Installed as `jann.ops`; never imports `jann`'s index layer."""
+range scans, bucketing). Installed as `jann.ops`; never imports `jann`'s index layer.
+
+Each op with a Pallas kernel is a folder with the same files: `reference.py` (the
+pure-jnp oracle), `xla.py` (the XLA path), `pallas.py` (the kernel) and `__init__.py`
+(the public API and the op's backend choice): `knn`, `hamming`, `adc` (PQ look-up-table
+top-k), `ivf_scan` (the IVF list scan) and `topk` (k-selection; its Pallas part is the
+running top-k the kernels share). Shared modules: `backend` (the `backend=` switch),
+`dispatch` (every op's choice in one import), `plans` (the kernels' block sizes),
+`codes` (packed sub-codes), `distances`, `errors`, `sorting`, `range_search`,
+`projection`."""
 
 from .distances import (
     METRICS,
@@ -11,8 +20,7 @@ from .distances import (
     pairwise_scores,
     squared_norms,
 )
-from .dispatch import knn
-from .knn import knn_reference, knn_scan
+from .knn import knn, knn_reference, knn_scan
 from .range_search import range_scan
 from .sorting import bucket_sort
 from .topk import check_k, kmax, kmin, merge_knn_results, smallest_k

@@ -12,11 +12,10 @@ of 128 per query holds 0.988 of the exact 64 nearest, for a sixth of the product
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .distances import dot
-from .knn import knn_scan
+from .knn.xla import knn_scan
 
 __all__ = ["pca_basis", "project", "projected_pool"]
 

@@ -8,11 +8,10 @@ silently truncated results. Matches are stored in database order, as FAISS does.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .distances import is_similarity, pairwise_scores
-from .knn import map_query_blocks, plan_tiles, scan_tiles
+from .knn.xla import map_query_blocks, plan_tiles, scan_tiles
 
 __all__ = ["range_scan"]
 

@@ -25,8 +25,10 @@ import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 import jann  # noqa: E402
-from jann.ops.pallas import (adc_top_k_pallas, ivf_scan_pallas, knn_hamming_pallas,  # noqa: E402
-                             knn_pallas)
+from jann.ops.adc import adc_top_k_pallas  # noqa: E402
+from jann.ops.hamming import knn_hamming_pallas  # noqa: E402
+from jann.ops.ivf_scan import ivf_scan_pallas  # noqa: E402
+from jann.ops.knn import knn_pallas  # noqa: E402
 
 _COMMON = """
   threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
@@ -234,7 +236,7 @@ def cuda_main(target):
     _sharded_searches(target, mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
                       backends)
     # Memory: a 10M x 128 Flat search of 10k queries streams the database in tiles.
-    big = jax.eval_shape(lambda: jann.FlatIndex.empty(128, capacity=10_000_000))
+    big = jax.eval_shape(lambda: jann.FlatIndex.create(128, capacity=10_000_000))
     compiled = _compile(sh, f"{target} search Flat 10M x 128, 10k queries (memory)",
                         _search(), big, _zeros((10_000, 128)))
     if compiled is not None:

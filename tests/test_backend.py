@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jann
-from jann.ops import dispatch
+from jann.ops import backend
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +80,11 @@ def test_process_default_backend(monkeypatch, data):
 
 def test_pallas_refused_on_pre_ampere_gpu_and_auto_stays_xla(monkeypatch, data):
     xb, xq = data
-    monkeypatch.setattr(dispatch, "_gpus_below_triton_minimum", lambda: ("Tesla T4 (sm_75)",))
-    monkeypatch.setattr(dispatch, "MEASURED_FASTER", frozenset({"knn"}))
+    monkeypatch.setattr(backend, "_gpus_below_triton_minimum", lambda: ("Tesla T4 (sm_75)",))
+    monkeypatch.setattr(backend, "MEASURED_FASTER", frozenset({"knn"}))
     flat = jann.add(jann.index_factory(24, "Flat"), xb)
     with pytest.raises(jann.UnsupportedBackendError, match="T4"):
         jann.search(flat, xq, 3, backend="pallas")
-    assert not dispatch.kernels_supported()
+    assert not backend.kernels_supported()
     d, i = jann.search(flat, jnp.asarray(xq), 3, backend="auto")
     assert np.asarray(i).shape == (5, 3)

@@ -14,9 +14,11 @@ side.
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,7 @@ def _compile_everywhere(workers):
     # path entry for the checkout would not map)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(AOT_DIR), os.environ.get("PYTHONPATH", "")]))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every run compiles: that is the check
     workers.update({target: subprocess.Popen(
         [sys.executable, str(HERE / "_gpu_compile_worker.py"), target], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,22 +68,30 @@ def _compile_everywhere(workers):
     return results
 
 
-class _Background(threading.Thread):
-    """The compile check running beside the rest of the suite: conftest starts it when
-    the session collects these tests (and runs them last), as most other tests keep one
-    of two cores busy at most (the workers are processes; this thread only waits)."""
+RESULTS_ENV = "JANN_COMPILE_CHECK_RESULTS"
 
-    def __init__(self):
+
+class _Background(threading.Thread):
+    """The compile check running beside the rest of the suite, started by the process that
+    runs the session (conftest; with pytest-xdist, the controller), as the other tests
+    keep one core per test process busy at most. The workers are processes; this thread
+    waits for them and writes their results, as JSON, to `path`, where the tests (in
+    whichever process runs them) read them."""
+
+    def __init__(self, path: Path):
         super().__init__(daemon=True)
-        self.results = None
-        self.error = None
+        self.path = path
         self.workers = {}
 
     def run(self):
         try:
-            self.results = _compile_everywhere(self.workers)
+            results = _compile_everywhere(self.workers)
+            document = {"skip": results} if isinstance(results, str) else {"results": results}
         except Exception as e:  # noqa: BLE001  (the tests fail with it)
-            self.error = e
+            document = {"error": f"{type(e).__name__}: {e}"}
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(document))
+        partial.replace(self.path)
 
     def stop(self):
         for proc in self.workers.values():
@@ -90,28 +101,40 @@ class _Background(threading.Thread):
 _BACKGROUND: _Background | None = None
 
 
-def start_in_background():
+def start_in_background(folder) -> None:
+    """Start the check once per session, its results to go to a file in `folder`; child
+    processes (test workers) find the file through the environment."""
     global _BACKGROUND
     if _BACKGROUND is None:
-        _BACKGROUND = _Background()
+        path = Path(folder) / "compile-check.json"
+        os.environ[RESULTS_ENV] = str(path)
+        _BACKGROUND = _Background(path)
         _BACKGROUND.start()
 
 
 def stop_background():
     if _BACKGROUND is not None:
         _BACKGROUND.stop()
+        shutil.rmtree(_BACKGROUND.path.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def compile_results():
-    start_in_background()
-    _BACKGROUND.join()
-    if _BACKGROUND.error is not None:  # e.g. a worker past its timeout: a failure
-        raise _BACKGROUND.error
-    if isinstance(_BACKGROUND.results, str):
+def compile_results(tmp_path_factory):
+    if RESULTS_ENV not in os.environ:  # this file run on its own
+        start_in_background(tmp_path_factory.mktemp("compile-check"))
+    path = Path(os.environ[RESULTS_ENV])
+    deadline = time.monotonic() + WORKER_TIMEOUT + 600
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the compile check wrote no results to {path}")
+        time.sleep(1.0)
+    document = json.loads(path.read_text())
+    if "error" in document:  # e.g. a worker past its timeout: a failure
+        pytest.fail(document["error"])
+    if "skip" in document:
         # Only an environment that cannot install the toolchain skips (no package index).
-        pytest.skip(_BACKGROUND.results)
-    return _BACKGROUND.results
+        pytest.skip(document["skip"])
+    return document["results"]
 
 
 def _check(results, target):

@@ -132,8 +132,8 @@ def test_adds_past_the_exact_build_search_the_graph(fmnist, monkeypatch):
     it (plus exact neighbours inside the batch), INSERT_BATCH rows at a time: recall and
     connectivity hold, and within-batch neighbours are found (a batch of near-duplicates
     links to itself)."""
-    monkeypatch.setattr(jann.graph, "EXACT_BUILD_MAX", 1024)
-    monkeypatch.setattr(jann.graph, "INSERT_BATCH", 512)
+    monkeypatch.setattr(jann.graph.building, "EXACT_BUILD_MAX", 1024)
+    monkeypatch.setattr(jann.graph.building, "INSERT_BATCH", 512)
     jax.clear_caches()  # the add was traced with the real bounds elsewhere
     try:
         xb, xq = fmnist["base"][:4000], fmnist["queries"][:100]
@@ -163,9 +163,9 @@ def test_large_adds_of_high_dimensional_rows_filter_candidates_by_projection(
         return jann.add(jann.index_factory(x.shape[1], "HNSW16"), x)
 
     exact_noise = build(noise)
-    monkeypatch.setattr(jann.graph, "PROJECTION_DIMS", 48)
-    monkeypatch.setattr(jann.graph, "PROJECTION_MIN_D", 64)
-    monkeypatch.setattr(jann.graph, "PROJECTION_MIN_QUERIES", 1024)
+    monkeypatch.setattr(jann.graph.building, "PROJECTION_DIMS", 48)
+    monkeypatch.setattr(jann.graph.building, "PROJECTION_MIN_D", 64)
+    monkeypatch.setattr(jann.graph.building, "PROJECTION_MIN_QUERIES", 1024)
     jax.clear_caches()  # the add was traced with the real bounds
     try:
         projected = build(xb)

@@ -1,4 +1,5 @@
-"""Pallas kernels (jann.ops.pallas) and the backend dispatcher, without a GPU.
+"""Pallas kernels (`pallas.py` of each op folder of jann.ops) and the backend choice,
+without a GPU.
 
 Each kernel runs in interpret mode against its pure-jnp oracle over ragged shapes, k = 1,
 k > tile, k > the kernel's buffer (multi-pass) and k > n, every storage dtype and metric;
@@ -24,10 +25,12 @@ import pytest
 
 import jann
 from jann.ops import dispatch
-from jann.ops.hamming import knn_hamming_reference
-from jann.ops.knn import knn_reference
-from jann.ops.pallas import (ScanConfig, adc_top_k_pallas, adc_top_k_xla, knn_hamming_pallas,
-                             knn_pallas)
+from jann.ops.adc import adc_top_k_pallas, adc_top_k_reference, adc_top_k_xla
+from jann.ops.errors import InvalidInputError
+from jann.ops.hamming import knn_hamming_pallas, knn_hamming_reference
+from jann.ops.ivf_scan import KernelDecode, ivf_scan_pallas, ivf_scan_reference
+from jann.ops.knn import knn_pallas, knn_reference
+from jann.ops.topk import ScanConfig
 from jann.quantizers.pq import adc_lookup, pack_codes, unpack_codes
 
 from conftest import assert_knn_equal
@@ -132,6 +135,7 @@ def test_adc_kernels_match_lookup_oracle(nq, n, M, nbits, k, metric, rng):
             t, c, k, nbits, metric, xb_valid=v, config=SMALL, interpret=True))(
                 tables, codes, valid),
         "xla": adc_top_k_xla(tables, codes, k, nbits, metric, xb_valid=valid),
+        "reference": adc_top_k_reference(tables, codes, k, nbits, metric, xb_valid=valid),
     }
     for D, I in got.values():
         assert_knn_equal(D, I, ref_d, ref_i)
@@ -162,7 +166,6 @@ def _ivf_storage(rng, nlist, d, decode):
 @pytest.mark.parametrize("nlist,nq,nprobe,d,k,metric,decode,by_residual", IVF_CASES)
 def test_ivf_scan_kernel_matches_reference(nlist, nq, nprobe, d, k, metric, decode,
                                            by_residual, rng):
-    from jann.ops.pallas.ivf import ivf_scan_pallas, ivf_scan_reference
     offsets, payload = _ivf_storage(rng, nlist, d, decode)
     n = payload.shape[0]
     q = rng.normal(size=(nq, d)).astype(np.float32)
@@ -191,7 +194,6 @@ def test_ivf_pq_kernel_matches_reference(nq, nprobe, M, nbits, k, metric, with_l
                                          rng):
     """The "pq" decode scores rows by look-up tables (ADC): the kernel equals the sum of
     table entries over every row, masked to the probed lists, then top_k."""
-    from jann.ops.pallas.ivf import ivf_scan_pallas, ivf_scan_reference
     from jann.quantizers.pq import pack_codes
     nlist, d, ksub = 6, 12, 1 << nbits
     offsets, _ = _ivf_storage(rng, nlist, d, "float")
@@ -239,6 +241,44 @@ def test_ivf_search_core_on_the_kernel_equals_xla(description, metric, rng):
                   xb)
     jaxpr = str(jax.make_jaxpr(lambda ix, q: ix.search_core(q, 5, backend="pallas"))(rq, xq))
     assert "pallas_call" not in jaxpr
+
+
+def test_codecs_describe_their_kernel_decode():
+    """Each codec says how the IVF kernel reads its codes (None: no kernel)."""
+    xb = np.random.default_rng(0).normal(size=(300, 12)).astype(np.float32)
+    kinds = {}
+    for spec in ("Flat", "SQ8", "SQ8_uniform", "SQ8_direct", "SQ4", "SQfp16", "PQ4", "RQ2x4"):
+        codec = jann.train(jann.index_factory(12, f"IVF2,{spec}"), xb,
+                           key=jax.random.key(0)).codec
+        decode = codec.kernel_decode()
+        kinds[spec] = None if decode is None else decode.kind
+    assert kinds == {"Flat": "float", "SQ8": "sq8", "SQ8_uniform": "sq8",
+                     "SQ8_direct": "direct", "SQ4": None, "SQfp16": None, "PQ4": "pq",
+                     "RQ2x4": None}
+
+
+def test_kernel_wrappers_raise_jann_errors():
+    x = jnp.zeros((4, 8))
+    with pytest.raises(InvalidInputError, match="knn_pallas supports"):
+        knn_pallas(x, x, 2, "l1", interpret=True)
+    with pytest.raises(InvalidInputError, match="power of two"):
+        ScanConfig(block_q=12)
+    tables, codes = jnp.zeros((2, 4, 16)), jnp.zeros((5, 2), jnp.uint8)
+    for fn in (adc_top_k_pallas, adc_top_k_xla, adc_top_k_reference):
+        with pytest.raises(InvalidInputError, match="'l2' and 'ip'"):
+            fn(tables, codes, 2, 4, "l1")
+        with pytest.raises(InvalidInputError, match="entries per sub-space"):
+            fn(tables, codes, 2, 8)
+    lists, offsets = jnp.zeros((4, 1), jnp.int32), jnp.array([0, 4], jnp.int32)
+    args = (x, lists, offsets, x, jnp.zeros(4), x[:1])
+    with pytest.raises(InvalidInputError, match="supports"):
+        ivf_scan_pallas(*args, 2, "cosine", by_residual=False)
+    with pytest.raises(InvalidInputError, match="decode must be one of"):
+        ivf_scan_pallas(*args, 2, "l2", by_residual=False, decode="sq4")
+    with pytest.raises(InvalidInputError, match="decode must be one of"):
+        KernelDecode("sq4")
+    with pytest.raises(jann.JannError):
+        jann.ops.smallest_k(x, 9)
 
 
 # --- dispatcher ---------------------------------------------------------------------------
@@ -343,7 +383,6 @@ LOWERINGS = {
 
 
 def _ivf_kernel(*args, **kw):
-    from jann.ops.pallas.ivf import ivf_scan_pallas
     return ivf_scan_pallas(*args, **kw)
 
 

@@ -1,4 +1,4 @@
-"""Tests for `jann serve` (jann/serve.py) and its client (jann/client.py).
+"""Tests for `jann serve` (jann/serve/) and its client (jann/client.py).
 
 Each server is the real command (`python -m jann serve CHECKPOINT --port 0`) in a
 subprocess on loopback; the tests talk to it over HTTP, with jann.client or raw

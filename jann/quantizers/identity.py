@@ -6,22 +6,20 @@ turns stored rows back into float32 vectors with `decode`, and this one only cas
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
+from jann.ops.ivf_scan import KernelDecode
 
 STORAGE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
 
-@pytree_dataclass(data=(), meta=("d", "dtype"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class IdentityCodec:
     """Stores vectors in `dtype`; no training."""
 
-    d: int
-    dtype: str = "float32"
+    d: int = static()
+    dtype: str = static("float32")
     is_trained = True
 
     @classmethod
@@ -40,3 +38,7 @@ class IdentityCodec:
 
     def decode(self, codes):
         return codes.astype(jnp.float32)
+
+    def kernel_decode(self) -> KernelDecode:
+        """How the IVF list-scan kernel reads these rows (`jann.ops.ivf_scan`): as floats."""
+        return KernelDecode("float")

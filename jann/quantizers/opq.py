@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError, NotTrainedError
 from jann.quantizers.pq import (ProductQuantizer, check_codec_shape, input_vectors,
                                 training_vectors)
@@ -79,8 +79,7 @@ def _alternate(x, rotation, pq, key, rounds: int, niter_pq: int):
     return jax.lax.fori_loop(0, rounds, one_round, (rotation, pq))
 
 
-@pytree_dataclass(data=("matrix",), meta=("d_in", "d_out", "M", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class OPQMatrix:
     """Learned rotation for a PQ with M sub-quantizers on d_out dimensions.
 
@@ -89,10 +88,10 @@ class OPQMatrix:
     """
 
     matrix: jax.Array
-    d_in: int
-    d_out: int
-    M: int
-    is_trained: bool = False
+    d_in: int = static()
+    d_out: int = static()
+    M: int = static()
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d_in: int, M: int, d_out: int | None = None) -> "OPQMatrix":

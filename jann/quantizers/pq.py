@@ -18,20 +18,26 @@ FAISS packs bits tightly (PQ14x6 is 11 bytes there, 14 here); jann trades those 
 a layout a kernel can address without bit arithmetic across byte boundaries.
 
 The same packing and the same look-up sum serve every codec whose code is M small indices
-(residual and additive quantizers in `rq.py`), so both live here as module functions.
+(residual and additive quantizers in `rq.py`): both are defined in `jann.ops`
+(`jann.ops.codes.pack_codes` / `unpack_codes`, which the scan kernels read, and
+`jann.ops.adc.adc_lookup`, the ADC scans' oracle) and re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jann._inputs import as_vectors, check_finite
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError, NotTrainedError
 from jann.kmeans import check_training_points, kmeans, lloyd_step
+from jann.ops.adc import adc_lookup
+from jann.ops.codes import pack_codes, unpack_codes
+from jann.ops.ivf_scan import KernelDecode
 from jann.ops.knn import map_query_blocks
 
 __all__ = ["ProductQuantizer", "adc_lookup", "check_codec_shape", "check_training_size",
@@ -64,41 +70,6 @@ def check_codec_shape(d: int, M: int, nbits: int, what: str,
 def code_size_for(M: int, nbits: int) -> int:
     """Bytes per code: ceil(M / 2) for nbits <= 4 (nibbles), else M (bytes)."""
     return (M + 1) // 2 if nbits <= 4 else M
-
-
-def pack_codes(codes: jax.Array, nbits: int) -> jax.Array:
-    """(n, M) integer sub-codes -> (n, code_size) uint8 in the layout of the module doc."""
-    codes = codes.astype(jnp.uint8)
-    if nbits > 4:
-        return codes
-    if codes.shape[1] % 2:
-        codes = jnp.pad(codes, ((0, 0), (0, 1)))
-    return codes[:, 0::2] | (codes[:, 1::2] << 4)
-
-
-def unpack_codes(packed: jax.Array, M: int, nbits: int) -> jax.Array:
-    """(n, code_size) uint8 -> (n, M) int32 sub-codes; inverse of `pack_codes`."""
-    packed = packed.astype(jnp.int32)
-    if nbits > 4:
-        return packed
-    nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
-    return nibbles.reshape(packed.shape[0], 2 * packed.shape[1])[:, :M]
-
-
-def adc_lookup(tables: jax.Array, codes: jax.Array) -> jax.Array:
-    """Sum over m of tables[q, m, codes[i, m]]: (nq, M, ksub) x (n, M) -> (nq, n) float32.
-
-    The pure-jnp reference of the ADC scan: one gather-and-add per sub-space, so the extra
-    memory is the (nq, n) result. Callers tile n; a Pallas kernel is to replace this.
-    """
-    def add_subspace(acc, table_and_codes):
-        table, sub_codes = table_and_codes          # (nq, ksub), (n,)
-        return acc + jnp.take(table, sub_codes, axis=1), None
-
-    init = jnp.zeros((tables.shape[0], codes.shape[0]), jnp.float32)
-    total, _ = jax.lax.scan(add_subspace, init,
-                            (jnp.swapaxes(tables, 0, 1).astype(jnp.float32), codes.T))
-    return total
 
 
 def check_training_size(n: int, ksub: int, what: str) -> None:
@@ -148,8 +119,7 @@ def nearest_subcodes(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.argmin(scores, axis=-1).astype(jnp.int32)
 
 
-@pytree_dataclass(data=("centroids",), meta=("d", "M", "nbits", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ProductQuantizer:
     """M sub-quantizers of 2**nbits centroids each over d/M-dimensional sub-vectors.
 
@@ -158,10 +128,10 @@ class ProductQuantizer:
     """
 
     centroids: jax.Array
-    d: int
-    M: int
-    nbits: int = 8
-    is_trained: bool = False
+    d: int = static()
+    M: int = static()
+    nbits: int = static(8)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d: int, M: int, nbits: int = 8) -> "ProductQuantizer":
@@ -247,6 +217,12 @@ class ProductQuantizer:
     def decode(self, codes) -> jax.Array:
         """(n, code_size) uint8 -> (n, d) float32."""
         return self.decode_indices(unpack_codes(jnp.asarray(codes), self.M, self.nbits))
+
+    def kernel_decode(self) -> KernelDecode:
+        """How the IVF list-scan kernel reads these codes: by look-up tables built from
+        `distance_tables(x, "ip")` (`jann.ops.ivf_scan`)."""
+        return KernelDecode("pq", nbits=self.nbits,
+                            ip_tables=functools.partial(self.distance_tables, metric="ip"))
 
     # --- asymmetric distances -------------------------------------------------------------
     def distance_tables(self, xq, metric: str = "l2") -> jax.Array:

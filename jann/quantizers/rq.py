@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError, NotTrainedError
 from jann.kmeans import kmeans
 from jann.ops.knn import map_query_blocks
@@ -223,14 +223,18 @@ class _AdditiveCodec:
         """(nq, n) float32: each query's summed table entries for each code."""
         return adc_lookup(tables, unpack_codes(jnp.asarray(codes), self.M, self.nbits))
 
+    def kernel_decode(self) -> None:
+        """The IVF list-scan kernel has no decode for these codes (`jann.ops.ivf_scan`):
+        IVF-RQ searches run the XLA scan whatever the backend."""
+        return None
+
 
 def _check_beam(beam_size, what: str) -> None:
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size <= 0:
         raise InvalidInputError(f"{what}: beam_size must be a positive int, got {beam_size!r}")
 
 
-@pytree_dataclass(data=("codebooks",), meta=("d", "M", "nbits", "beam_size", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ResidualQuantizer(_AdditiveCodec):
     """M codebooks of 2**nbits codewords over the full space; x ~ sum of one word each.
 
@@ -239,11 +243,11 @@ class ResidualQuantizer(_AdditiveCodec):
     """
 
     codebooks: jax.Array
-    d: int
-    M: int
-    nbits: int = 8
-    beam_size: int = DEFAULT_BEAM_SIZE
-    is_trained: bool = False
+    d: int = static()
+    M: int = static()
+    nbits: int = static(8)
+    beam_size: int = static(DEFAULT_BEAM_SIZE)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d: int, M: int, nbits: int = 8, *,
@@ -274,9 +278,7 @@ class ResidualQuantizer(_AdditiveCodec):
         return dataclasses.replace(self, codebooks=split_codebooks[0], is_trained=True)
 
 
-@pytree_dataclass(data=("codebooks",),
-                  meta=("d", "nsplits", "Msub", "nbits", "beam_size", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ProductResidualQuantizer(_AdditiveCodec):
     """d cut into nsplits blocks, an RQ of Msub codebooks in each; M = nsplits * Msub.
 
@@ -285,12 +287,12 @@ class ProductResidualQuantizer(_AdditiveCodec):
     """
 
     codebooks: jax.Array
-    d: int
-    nsplits: int
-    Msub: int
-    nbits: int = 8
-    beam_size: int = DEFAULT_BEAM_SIZE
-    is_trained: bool = False
+    d: int = static()
+    nsplits: int = static()
+    Msub: int = static()
+    nbits: int = static(8)
+    beam_size: int = static(DEFAULT_BEAM_SIZE)
+    is_trained: bool = static(False)
 
     @classmethod
     def create(cls, d: int, nsplits: int, Msub: int, nbits: int = 8, *,

@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann._pytree import pytree_dataclass
+from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidDtypeError, InvalidInputError, NotTrainedError
+from jann.ops.codes import pack_codes, unpack_codes
+from jann.ops.ivf_scan import KernelDecode
 
 __all__ = ["ScalarQuantizer", "QTYPES"]
 
@@ -63,8 +65,7 @@ def _canonical_qtype(qtype) -> str:
         f"(or FAISS's names {', '.join(_ALIASES)})")
 
 
-@pytree_dataclass(data=("vmin", "vdiff"), meta=("d", "qtype", "is_trained"))
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ScalarQuantizer:
     """Scalar quantizer codec. Arrays are pytree leaves; the rest is static.
 
@@ -74,9 +75,9 @@ class ScalarQuantizer:
 
     vmin: jax.Array
     vdiff: jax.Array
-    d: int
-    qtype: str
-    is_trained: bool
+    d: int = static()
+    qtype: str = static()
+    is_trained: bool = static()
 
     # --- construction ----------------------------------------------------------------
     @classmethod
@@ -166,7 +167,7 @@ class ScalarQuantizer:
         if bits == 8:
             return (jnp.float32(255.0) * xi).astype(jnp.int32).astype(jnp.uint8)
         q = _floor_times_int(xi, (1 << bits) - 1)
-        return _pack4(q) if bits == 4 else _pack6(q)
+        return pack_codes(q, 4) if bits == 4 else _pack6(q)
 
     def decode(self, codes) -> jax.Array:
         """(n, code_size) uint8 -> (n, d) float32. Jittable."""
@@ -188,8 +189,8 @@ class ScalarQuantizer:
             return codes.astype(jnp.float32)
         if bits == 8:
             q = codes
-        elif bits == 4:
-            q = _unpack4(codes, self.d)
+        elif bits == 4:  # nibbles, low first: the packed sub-code layout of jann.ops.codes
+            q = unpack_codes(codes, self.d, 4)
         else:
             q = _unpack6(codes, self.d)
         xi = (q.astype(jnp.float32) + 0.5) / jnp.float32((1 << bits) - 1)
@@ -198,6 +199,15 @@ class ScalarQuantizer:
     def reconstruct(self, x) -> jax.Array:
         """decode(encode(x))."""
         return self.decode(self.encode(x))
+
+    def kernel_decode(self) -> KernelDecode | None:
+        """How the IVF list-scan kernel reads these codes (`jann.ops.ivf_scan`): the 8-bit
+        types only (decoded as `decode` does); None for the others."""
+        if self.bits != 8:
+            return None
+        if self.kind == "direct":
+            return KernelDecode("direct")
+        return KernelDecode("sq8", vmin=self.vmin, vdiff=self.vdiff)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -215,18 +225,6 @@ def _floor_times_int(xi, m: int):
     prod = mant * jnp.uint32(m)
     q = jnp.where(shift >= 32, jnp.uint32(0), prod >> jnp.minimum(shift, 31).astype(jnp.uint32))
     return q.astype(jnp.uint8)
-
-
-def _pack4(q):
-    n, d = q.shape
-    q = jnp.pad(q, ((0, 0), (0, d % 2))).reshape(n, -1, 2)
-    return q[..., 0] | (q[..., 1] << 4)
-
-
-def _unpack4(codes, d):
-    lo = codes & 0xF
-    hi = codes >> 4
-    return jnp.stack([lo, hi], axis=-1).reshape(codes.shape[0], -1)[:, :d]
 
 
 def _pack6(q):

@@ -3,34 +3,16 @@
 One program per query. For each of its probed lists (list ids from the coarse quantizer;
 the sentinel `nlist` marks an unused probe) it walks the list's rows
 [offsets[l], offsets[l + 1]) in tiles of `block_n` rows (d in chunks of `block_d`
-columns, so the tile does not grow with d), decodes them in the kernel,
-computes their keys against the query and folds them into the running top-k held in
-registers (`topk.fold_tile`). The work is the probed lists' real lengths: a short list
-is one short loop, an empty list or an unused probe nothing; no list is padded.
+columns, so the tile does not grow with d), decodes them in the kernel, computes their
+keys against the query and folds them into the running top-k held in registers
+(`topk.pallas.fold_tile`). The work is the probed lists' real lengths: a short list is
+one short loop, an empty list or an unused probe nothing; no list is padded.
 
-Row codes decoded on the fly (`decode=`):
-- "float": raw vectors stored as float32, float16 or bfloat16 (IVF-Flat), upcast;
-- "sq8": 8-bit scalar codes, vmin + ((code + 0.5) / 255) * vdiff per component (or one
-  range for all), the float operations of `ScalarQuantizer.decode` in the same order;
-- "direct": 8-bit codes taken as the values (SQ8_direct);
-- "pq": product-quantizer codes (8-bit bytes, or 4-bit nibbles as `jann.quantizers.pq`
-  packs them), scored by look-up tables instead of decoding (ADC, FAISS GPU's IVFPQ):
-  the key of a row is base + bias[row] + sum over sub-spaces m of
-  tables[q, m, code_m] + list_tables[l, m, code_m]. For l2 by residual, with y the
-  decoded residual and bias ||y||^2, ||q - c - y||^2 = ||q - c||^2 + ||y||^2
-  - 2 q.y + 2 c.y: tables hold -2 q_m.C_m (one per query, shared by all its lists) and
-  list_tables 2 c_m.C_m (one per list, shared by all queries); for ip, and for l2 without
-  residuals, tables hold -q_m.C_m or -2 q_m.C_m and there are no list tables. The
-  per-query table is read through the cache by one gather per sub-space and row.
-
-Keys (smaller is better): l2: ||r||^2 + bias[row] - 2 r.x, r = q - c_l (by_residual) or q
-and bias the squared norm of the decoded row; ip: -(q.x) - q.c_l (by_residual) + bias
-with bias 0. Rows that may not be returned (filtered, past the count) have bias +inf.
-Ties go to the lower storage row (lexicographic order, as the other kernels).
-
-`ivf_scan_reference` (every row's key, masked to the probed lists, then `lax.top_k`) is
-the oracle; the XLA path is `jann.ivf.IVFIndex.scan` (list-major), which the tests check
-the kernel against through `IVFIndex.search_core(backend=...)`.
+Rows are decoded (raw floats, 8-bit scalar codes) or scored by look-up tables (PQ codes)
+as `ivf_scan.reference` says, which also defines the keys; `ivf_scan_reference` is the
+oracle. The XLA path is the caller's: `jann.ivf.IVFIndex.scan` (list-major), which the
+tests check the kernel against through `IVFIndex.search_core(backend=...)`; the choice
+between them is `jann.ops.ivf_scan.ivf_search`.
 """
 
 from __future__ import annotations
@@ -39,80 +21,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from .plans import plan_ivf
-from .pq import load_sub_code
-from .topk import ScanConfig, fold_tile, load_rows, multipass_top_k, next_pow2
+from ..adc.pallas import load_sub_code
+from ..errors import InvalidInputError
+from ..plans import plan_ivf
+from ..topk.pallas import ScanConfig, fold_tile, load_rows, multipass_top_k, next_pow2
+from .reference import DECODES, METRICS, decoder
 
-__all__ = ["DECODES", "ivf_scan_pallas", "ivf_scan_reference", "plan_ivf"]
-
-DECODES = ("float", "sq8", "direct", "pq")
-
-
-def _decoder(decode: str):
-    def dequantize(codes, vmin, vdiff):
-        if decode == "sq8":
-            xi = (codes.astype(jnp.float32) + 0.5) / jnp.float32(255)
-            return vmin + xi * vdiff
-        return codes.astype(jnp.float32)
-    return dequantize
-
-
-def _sub_codes(payload, M: int, nbits: int):
-    """(N, code_size) uint8 -> (N, M) int32 sub-codes (bytes, or low / high nibbles)."""
-    codes = payload.astype(jnp.int32)
-    if nbits > 4:
-        return codes
-    return jnp.stack([codes & 0xF, codes >> 4], -1).reshape(codes.shape[0], -1)[:, :M]
-
-
-def ivf_scan_reference(q, lists, offsets, payload, bias, centroids, k: int, metric: str,
-                       *, by_residual: bool, decode: str = "float", vmin=None, vdiff=None,
-                       tables=None, list_tables=None, nbits: int = 8):
-    """The kernel's contract on the full (nq, N) key matrix (for tests): (keys (nq, k)
-    ascending, rows (nq, k)), (+inf, -1) where fewer than k rows qualify."""
-    nlist, n = offsets.shape[0] - 1, payload.shape[0]
-    d = q.shape[1]
-    vmin = jnp.zeros((d,), jnp.float32) if vmin is None else vmin
-    vdiff = jnp.ones((d,), jnp.float32) if vdiff is None else vdiff
-    row_list = (jnp.searchsorted(offsets, jnp.arange(n), side="right") - 1).clip(0, nlist - 1)
-    c = centroids[row_list]                                                  # (N, d)
-    if decode == "pq":
-        codes = _sub_codes(payload, tables.shape[1], nbits)                  # (N, M)
-        m = jnp.arange(tables.shape[1])
-        looked = jnp.sum(tables[:, m[None, :], codes], -1)                   # (nq, N)
-        if list_tables is not None:
-            looked = looked + jnp.sum(list_tables[row_list[:, None], m[None, :], codes], -1)
-        if metric == "l2":
-            r = q[:, None, :] - c[None] if by_residual else q[:, None, :] + 0 * c[None]
-            base = jnp.sum(r * r, -1)
-        else:
-            base = -jnp.einsum("qd,nd->qn", q, c) if by_residual else 0.0
-        keys = base + bias[None, :] + looked
-    else:
-        x = _decoder(decode)(payload, vmin, vdiff)                           # (N, d)
-        keys = _decoded_keys(q, x, c, bias, metric, by_residual)
-    return _masked_top_k(keys, row_list, lists, offsets, k)
-
-
-def _decoded_keys(q, x, c, bias, metric, by_residual):
-    if metric == "l2":
-        r = q[:, None, :] - c[None] if by_residual else q[:, None, :] + jnp.zeros_like(c)
-        return jnp.sum(r * r, -1) + bias[None, :] - 2 * jnp.sum(r * x[None], -1)
-    keys = -jnp.einsum("qd,nd->qn", q, x) + bias[None, :]
-    return keys - jnp.einsum("qd,nd->qn", q, c) if by_residual else keys
-
-
-def _masked_top_k(keys, row_list, lists, offsets, k):
-    n = keys.shape[1]
-    probed = jnp.any(row_list[None, :, None] == lists[:, None, :], axis=-1)
-    in_list = jnp.arange(n) < offsets[-1]
-    keys = jnp.where(probed & in_list[None, :] & ~jnp.isnan(keys), keys, jnp.inf)
-    take = min(k, n)
-    neg, rows = jax.lax.top_k(-keys, take)
-    keys, rows = -neg, jnp.where(jnp.isposinf(-neg), -1, rows)
-    pad = ((0, 0), (0, k - take))
-    return (jnp.pad(keys, pad, constant_values=jnp.inf),
-            jnp.pad(rows, pad, constant_values=-1))
+__all__ = ["ivf_scan_pallas"]
 
 
 def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric: str, *,
@@ -123,16 +38,17 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
 
     q: (nq, d) float32 prepared queries; lists: (nq, P) int32 probed list ids (nlist =
     unused); offsets: (nlist + 1,) int32 CSR list bounds; payload: (N, d) codes (float
-    vectors, or uint8 for "sq8" / "direct"); bias: (N,) float32 (module doc); centroids:
-    (nlist, d) float32; vmin / vdiff: (d,) or (1,) ranges for "sq8"; for "pq", payload
-    (N, code_size) uint8 codes of `nbits`-bit sub-codes, tables (nq, M, 2**nbits) and
-    list_tables (nlist, M, 2**nbits) or None, as in the module doc. Returns (keys
-    (nq, k) float32 ascending, rows (nq, k) int32 storage rows), (+inf, -1) where missing.
+    vectors, or uint8 for "sq8" / "direct"); bias: (N,) float32 (`ivf_scan.reference`);
+    centroids: (nlist, d) float32; vmin / vdiff: (d,) or (1,) ranges for "sq8"; for "pq",
+    payload (N, code_size) uint8 codes of `nbits`-bit sub-codes, tables (nq, M, 2**nbits)
+    and list_tables (nlist, M, 2**nbits) or None, as `ivf_scan.reference` says. Returns
+    (keys (nq, k) float32 ascending, rows (nq, k) int32 storage rows), (+inf, -1) where
+    missing.
     """
-    if metric not in ("l2", "ip"):
-        raise ValueError(f"ivf_scan_pallas supports 'l2' and 'ip', got {metric!r}")
+    if metric not in METRICS:
+        raise InvalidInputError(f"ivf_scan_pallas supports {METRICS}, got {metric!r}")
     if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+        raise InvalidInputError(f"decode must be one of {DECODES}, got {decode!r}")
     nq, d = q.shape
     nlist, n = offsets.shape[0] - 1, payload.shape[0]
     if nq == 0 or n == 0 or lists.shape[1] == 0:
@@ -148,7 +64,7 @@ def ivf_scan_pallas(q, lists, offsets, payload, bias, centroids, k: int, metric:
                         jnp.broadcast_to(jnp.ones((d,), jnp.float32) if vdiff is None
                                          else vdiff.astype(jnp.float32), (d,))])
     ranges = jnp.pad(ranges, ((0, 0), (0, d_pad - d)))
-    dequantize = _decoder(decode)
+    dequantize = decoder(decode)
     if decode == "pq":
         n_sub, ksub = tables.shape[1], tables.shape[2]
         # (columns padded to a power of two, as Triton blocks are)

@@ -6,8 +6,10 @@ block's running top-k (`topk.merge_smallest_blocks`: only blocks of scores that 
 query's current k-th value are looked at). The (nq, N) matrix is never materialised:
 peak extra memory is query_block * tile floats, whatever N is.
 
-This is the XLA path every backend can run; `knn_reference` (full matrix, `lax.top_k`)
-is its test oracle.
+This is the XLA path every backend can run; `knn.reference.knn_reference` (full matrix,
+`lax.top_k`) is its test oracle. The streaming loops here (`scan_tiles`,
+`running_top_k`, `streamed_top_k`, `map_query_blocks`) also carry the XLA paths of the
+other scans (`hamming`, `adc`, `range_search`, `projection`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .distances import (
-    broadcast_rows, dot, canonical_metric, is_similarity,
-    pairwise_distances_reference, pairwise_scores, squared_norms)
-from .errors import InvalidInputError
-from .topk import (
-    blockwise_merge_applies, blockwise_merge_length, check_k, merge_smallest,
-    merge_smallest_blocks, smallest_k)
+from ..distances import broadcast_rows, dot, is_similarity, pairwise_scores, squared_norms
+from ..topk.xla import (
+    blockwise_merge_applies, blockwise_merge_length, merge_smallest, merge_smallest_blocks,
+    smallest_k)
 
-__all__ = ["check_pair", "knn_reference", "knn_scan", "plan_tiles", "running_top_k",
-           "scan_tiles", "streamed_top_k"]
+__all__ = ["knn_scan", "map_query_blocks", "plan_tiles", "running_top_k", "scan_tiles",
+           "streamed_top_k", "with_row_count"]
 
 # Matmul metrics: (512, 4096) score blocks (8 MiB) measured fastest on Fashion-MNIST
 # among tiles 2048-16384 x query blocks 512-2048 (2 cores; within ~8% of each other).
@@ -283,29 +282,10 @@ def _dot_keyed(scaled_q, x_tile, norm_tile, valid_tile, metric):
     return dots, bias
 
 
-def check_pair(xq, xb):
-    xq, xb = jnp.asarray(xq), jnp.asarray(xb)
-    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
-        raise InvalidInputError(
-            f"knn needs 2-D xq and xb with the same dimension, got {xq.shape} and {xb.shape}")
-    return xq, xb
-
-
-@functools.partial(jax.jit, static_argnames=("k", "metric", "p"))
-def _knn_reference_jit(xq, xb, k, metric, p):
-    scores = pairwise_distances_reference(xq, xb, metric, p)
-    keyed = -scores if is_similarity(metric) else scores
-    keyed = jnp.where(jnp.isnan(keyed), jnp.inf, keyed)
-    take = min(k, xb.shape[0])
-    values, idx = jax.lax.top_k(-keyed, take)
-    values = -values
-    idx = jnp.where(jnp.isinf(values) & (values > 0), -1, idx)
-    values = jnp.pad(values, ((0, 0), (0, k - take)), constant_values=jnp.inf)
-    idx = jnp.pad(idx, ((0, 0), (0, k - take)), constant_values=-1)
-    return (-values if is_similarity(metric) else values), idx
-
-
-def knn_reference(xq, xb, k: int, metric: str = "l2", p: float = 2.0):
-    """Oracle for `knn`: the whole score matrix, then `lax.top_k`."""
-    xq, xb = check_pair(xq, xb)
-    return _knn_reference_jit(xq, xb, check_k(k), canonical_metric(metric), float(p))
+def with_row_count(xb, xb_valid, n_rows):
+    """xb_valid (N,) bool or None, restricted to the first n_rows (traced) rows of xb: the
+    Pallas kernels take the existing rows as part of their row mask."""
+    if n_rows is None:
+        return xb_valid
+    exists = jnp.arange(xb.shape[0], dtype=jnp.int32) < n_rows
+    return exists if xb_valid is None else xb_valid & exists

@@ -1,29 +1,27 @@
-"""k-selection: the k smallest (or largest) entries of each row, for any k.
+"""k-selection on XLA: the k smallest entries of each row, for any k.
 
 `lax.top_k` sorts, which on CPU costs about half as much as the matmul that produced the
 distances (0.25 s against 0.51 s on a (2000, 60000) matrix). `smallest_k` uses an exact
 two-stage selection instead: cut each row into blocks, keep the k blocks with the smallest
 minima (they must hold the true k smallest entries), and run `top_k` on those k * block
-entries only. Ties keep the lower column first, as `lax.top_k` does.
+entries only (`topk.reference.top_k_smallest`, also the oracle). Ties keep the lower
+column first, as `lax.top_k` does.
 
 Conventions (FAISS's): asking for more entries than a row has pads the result with
-+inf (smallest) / -inf (largest) and index -1; NaN entries are never selected.
++inf (smallest) / -inf (largest) and index -1; NaN entries are never selected. The
+validated public functions (`kmin`, `kmax`, `merge_knn_results`) are in `jann.ops.topk`.
 """
 
 from __future__ import annotations
 
-import functools
-import operator
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
+from .reference import top_k_smallest
 
-__all__ = ["check_k", "kmin", "kmax", "smallest_k", "smallest_k_padded", "merge_smallest",
-           "merge_smallest_blocks", "blockwise_merge_applies",
-           "blockwise_merge_length", "merge_knn_results"]
+__all__ = ["smallest_k", "smallest_k_padded", "merge_smallest", "merge_smallest_blocks",
+           "blockwise_merge_applies", "blockwise_merge_length"]
 
 # Block width of the two-stage selection; rows shorter than 4 blocks per wanted entry go
 # straight to top_k, where the first stage would not pay.
@@ -32,11 +30,6 @@ _BLOCK = 32
 # tiles of a scan, when most blocks still beat the running k-th value) one selection of
 # the k best blocks is cheaper.
 _MAX_ROUNDS = 2
-
-
-def _top_k_smallest(x: jax.Array, k: int):
-    values, idx = jax.lax.top_k(-x, k)
-    return -values, idx.astype(jnp.int32)
 
 
 def smallest_k(x: jax.Array, k: int, bias: jax.Array | None = None):
@@ -50,20 +43,20 @@ def smallest_k(x: jax.Array, k: int, bias: jax.Array | None = None):
     n = x.shape[-1]
     n_blocks = n // _BLOCK
     if k > n:
-        raise ValueError(f"smallest_k: k={k} > n={n}")
+        raise InvalidInputError(f"smallest_k: k={k} > n={n}")
     if bias is None:
         bias = jnp.zeros((n,), x.dtype)
     if k == 1:  # a plain reduction beats any selection (k-means assignment, IVF probes)
         col = jnp.argmin(x + bias, axis=-1).astype(jnp.int32)[..., None]
         return jnp.take_along_axis(x, col, axis=-1) + bias[col], col
     if n_blocks < 4 * k or n % _BLOCK:
-        return _top_k_smallest(x + bias, k)
+        return top_k_smallest(x + bias, k)
     blocks = x.reshape(*x.shape[:-1], n_blocks, _BLOCK)
     bias_blocks = bias.reshape(n_blocks, _BLOCK)
-    _, best_blocks = _top_k_smallest(jnp.min(blocks + bias_blocks, axis=-1), k)
+    _, best_blocks = top_k_smallest(jnp.min(blocks + bias_blocks, axis=-1), k)
     best_blocks = jnp.sort(best_blocks, axis=-1)  # keeps ties in column order
     cand = jnp.take_along_axis(blocks, best_blocks[..., None], axis=-2) + bias_blocks[best_blocks]
-    values, pos = _top_k_smallest(cand.reshape(*x.shape[:-1], k * _BLOCK), k)
+    values, pos = top_k_smallest(cand.reshape(*x.shape[:-1], k * _BLOCK), k)
     cols = jnp.take_along_axis(best_blocks, pos // _BLOCK, axis=-1) * _BLOCK + pos % _BLOCK
     return values, cols
 
@@ -72,7 +65,7 @@ def merge_smallest(values_a, idx_a, values_b, idx_b, k: int):
     """Merge two candidate lists per row into the k smallest (a wins ties)."""
     values = jnp.concatenate([values_a, values_b], axis=-1)
     idx = jnp.concatenate([idx_a, idx_b], axis=-1)
-    best, pos = _top_k_smallest(values, k)
+    best, pos = top_k_smallest(values, k)
     return best, jnp.take_along_axis(idx, pos, axis=-1)
 
 
@@ -119,7 +112,7 @@ def merge_smallest_blocks(values, idx, x, bias, offset):
         return merge_smallest(values, idx, cand, cols, k)
 
     def best_blocks(values, idx):
-        _, picked = _top_k_smallest(minima, k)
+        _, picked = top_k_smallest(minima, k)
         picked = jnp.sort(picked, axis=-1)  # column order keeps ties as top_k has them
         return merge_blocks(values, idx, picked, jnp.ones(picked.shape, bool))
 
@@ -149,19 +142,6 @@ def merge_smallest_blocks(values, idx, x, bias, offset):
     return jax.lax.cond(most_hits > _MAX_ROUNDS * k, best_blocks, hit_blocks, values, idx)
 
 
-def check_k(k) -> int:
-    """k as a positive Python int, or a clear error (floats and bools are refused)."""
-    if isinstance(k, (bool, float, np.bool_, np.floating)):
-        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise InvalidInputError(f"k must be a positive integer, got {k!r}") from None
-    if k <= 0:
-        raise InvalidInputError(f"k must be positive, got {k}")
-    return k
-
-
 def smallest_k_padded(keyed: jax.Array, k: int):
     """`smallest_k` for any k: columns past the row length, and +inf entries, come back
     as (+inf, -1). Traceable; NaN must already be mapped to +inf."""
@@ -174,51 +154,3 @@ def smallest_k_padded(keyed: jax.Array, k: int):
         values = jnp.pad(values, pad, constant_values=jnp.inf)
         idx = jnp.pad(idx, pad, constant_values=-1)
     return values, idx
-
-
-@functools.partial(jax.jit, static_argnames=("k", "largest"))
-def _select(x, k, largest):
-    x = jnp.asarray(x, jnp.float32)
-    keyed = -x if largest else x
-    values, idx = smallest_k_padded(jnp.where(jnp.isnan(keyed), jnp.inf, keyed), k)
-    return (-values if largest else values), idx
-
-
-def kmin(x, k: int):
-    """(values, indices) of the k smallest entries along the last axis, ascending.
-
-    Any k: k > n pads with +inf and -1 (FAISS `kmin`; FAISS GPU stops at k = 2048).
-    """
-    return _select(jnp.asarray(x), check_k(k), False)
-
-
-def kmax(x, k: int):
-    """(values, indices) of the k largest entries along the last axis, descending."""
-    return _select(jnp.asarray(x), check_k(k), True)
-
-
-def merge_knn_results(distances, ids, keep_max: bool = False):
-    """Merge per-shard results (nshard, nq, k) into the global (nq, k) top-k.
-
-    As FAISS `merge_knn_results`: among equal distances the lower shard comes first, and
-    entries with id -1 (missing results) never displace real ones.
-    """
-    distances = jnp.asarray(distances, jnp.float32)
-    ids = jnp.asarray(ids)
-    if distances.ndim != 3 or distances.shape != ids.shape:
-        raise InvalidInputError(
-            "merge_knn_results needs distances and ids of the same shape (nshard, nq, k), "
-            f"got {distances.shape} and {ids.shape}")
-    return _merge_shards(distances, ids, keep_max)
-
-
-@functools.partial(jax.jit, static_argnames=("keep_max",))
-def _merge_shards(distances, ids, keep_max):
-    nshard, nq, k = distances.shape
-    keyed = -distances if keep_max else distances
-    keyed = jnp.where(ids < 0, jnp.inf, keyed)
-    flat_d = jnp.transpose(keyed, (1, 0, 2)).reshape(nq, nshard * k)
-    flat_i = jnp.transpose(ids, (1, 0, 2)).reshape(nq, nshard * k)
-    best, pos = _top_k_smallest(flat_d, k)
-    out_ids = jnp.where(jnp.isinf(best) & (best > 0), -1, jnp.take_along_axis(flat_i, pos, -1))
-    return (-best if keep_max else best), out_ids

@@ -1,4 +1,5 @@
-"""Running top-k for Pallas scan kernels, and the host-side passes around them.
+"""Running top-k for Pallas scan kernels, the host-side passes around them, and
+`scan_call`, the launcher every scan kernel (`knn`, `hamming`, `adc`) shares.
 
 Every scan kernel here has the same shape: a grid over query blocks; inside, a loop over
 database tiles that computes a (block_q, block_n) block of keys (smaller is better, +inf
@@ -22,6 +23,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from ..errors import InvalidInputError
 
 __all__ = [
     "ScanConfig",
@@ -47,7 +50,7 @@ class ScanConfig:
     every dimension). block_d is the slice of the vector dimension one step of the
     inner loop reads: a tile is (block_n, block_d), whatever d is, so registers and shared
     memory do not grow with d. max_k bounds the per-query buffer held in registers:
-    block_q * max_k keys and rows. `jann.ops.pallas.plans` picks them from the shape
+    block_q * max_k keys and rows. `jann.ops.plans` picks them from the shape
     (`plan_knn`, `plan_ivf`, ...) and says how they were sized.
     """
 
@@ -62,7 +65,8 @@ class ScanConfig:
         for name in ("block_q", "block_n", "block_d", "max_k"):
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
-                raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
+                raise InvalidInputError(
+                    f"ScanConfig.{name} must be a power of two, got {value}")
 
     def compiler_params(self):
         from jax.experimental.pallas import triton as plgpu

@@ -1,4 +1,5 @@
-"""Binary codes: bit packing, Hamming distances and exact Hamming k-NN.
+"""Binary codes: bit packing, Hamming distances, input checks and the oracle of the
+Hamming k-NN (the full distance matrix, then `lax.top_k`).
 
 Bit order is FAISS's: bit j of a code is bit j % 8 (least significant first) of byte
 j // 8. That is the convention of `faiss.real_to_binary` / `fvecs2bitvecs` (what IndexLSH
@@ -7,11 +8,9 @@ and the ITQ/LSH binarizers produce) and of `faiss.pack_bitstrings`, and it equal
 on the bit order, only on both sides using the same one.
 
 Distances are popcounts of xor, computed on uint32 words (codes zero-padded to a whole
-number of words; the padding bits are equal on both sides, so they add nothing).
-`knn_hamming` streams the database in tiles with a running top-k, as `knn.knn_scan` does,
-so the (nq, N) distance matrix is never materialised. Results follow `IndexBinaryFlat`:
-int32 distances, ties ordered by lower id, and id -1 with distance INT32_MAX (2**31 - 1)
-where fewer than k codes exist.
+number of words; the padding bits are equal on both sides, so they add nothing). Results
+follow `IndexBinaryFlat`: int32 distances, ties ordered by lower id, and id -1 with
+distance INT32_MAX (2**31 - 1) where fewer than k codes exist.
 """
 
 from __future__ import annotations
@@ -22,21 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import InvalidDtypeError, InvalidInputError
-from .knn import streamed_top_k
-from .topk import check_k
+from ..errors import InvalidDtypeError, InvalidInputError
+from ..topk import check_k
 
-__all__ = ["pack_bits", "unpack_bits", "hamming_distances", "knn_hamming",
-           "knn_hamming_reference", "MISSING_DISTANCE"]
+__all__ = ["MISSING_DISTANCE", "as_words", "check_code_pair", "check_codes", "check_valid",
+           "knn_hamming_reference", "pack_bits", "popcount_distances", "unpack_bits"]
 
 # FAISS IndexBinaryFlat's distance for a missing result (k > number of codes).
 MISSING_DISTANCE = np.iinfo(np.int32).max
-
-# Tile sizes: a (query_block, tile) block of popcounts over W words; 256 x 2048 int32 is
-# 2 MiB per word, which XLA fuses into one loop (the xor / popcount / sum never lands in
-# memory as a 3-D array).
-HAMMING_TILE = 2048
-HAMMING_QUERY_BLOCK = 256
 
 
 # --- packing ------------------------------------------------------------------------------
@@ -63,7 +55,7 @@ def unpack_bits(codes, nbits: int | None = None) -> jax.Array:
 
     nbits defaults to 8 * nbytes and may not exceed it. Traceable.
     """
-    codes = _check_codes(codes, "codes")
+    codes = check_codes(codes, "codes")
     n, nbytes = codes.shape
     nbits = 8 * nbytes if nbits is None else int(nbits)
     if not 0 <= nbits <= 8 * nbytes:
@@ -82,7 +74,7 @@ def as_words(codes):
     return c[..., 0] | (c[..., 1] << 8) | (c[..., 2] << 16) | (c[..., 3] << 24)
 
 
-def _popcount_distances(a_words, b_words):
+def popcount_distances(a_words, b_words):
     """(na, W), (nb, W) uint32 -> (na, nb) int32 Hamming distances."""
     x = jnp.bitwise_xor(a_words[:, None, :], b_words[None, :, :])
     return jnp.sum(jax.lax.population_count(x).astype(jnp.int32), axis=-1, dtype=jnp.int32)
@@ -90,7 +82,7 @@ def _popcount_distances(a_words, b_words):
 
 # --- validation ---------------------------------------------------------------------------
 
-def _check_codes(codes, name):
+def check_codes(codes, name):
     codes = jnp.asarray(codes)
     if codes.dtype != jnp.uint8:
         raise InvalidDtypeError(f"{name} must be uint8 packed binary codes, got {codes.dtype}")
@@ -99,51 +91,16 @@ def _check_codes(codes, name):
     return codes
 
 
-def _check_pair(a, b):
-    a = _check_codes(a, "query codes")
-    b = _check_codes(b, "database codes")
+def check_code_pair(a, b):
+    a = check_codes(a, "query codes")
+    b = check_codes(b, "database codes")
     if a.shape[1] != b.shape[1]:
         raise InvalidInputError(
             f"code sizes differ: queries have {a.shape[1]} bytes, database {b.shape[1]}")
     return a, b
 
 
-# --- distances ----------------------------------------------------------------------------
-
-@jax.jit
-def _hamming_jit(a, b):
-    return _popcount_distances(as_words(a), as_words(b))
-
-
-def hamming_distances(a_codes, b_codes) -> jax.Array:
-    """All-pairs Hamming distances (na, nb) int32 between two sets of packed codes."""
-    a, b = _check_pair(a_codes, b_codes)
-    return _hamming_jit(a, b)
-
-
-def knn_hamming_scan(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | None = None,
-                     query_block: int | None = None):
-    """Traceable core of `knn_hamming` (no validation): (distances int32, rows int32)."""
-    q_words, b_words = as_words(xq_codes), as_words(xb_codes)
-    n = b_words.shape[0]
-    tile = tile or min(HAMMING_TILE, max(n, 1))
-    query_block = query_block or HAMMING_QUERY_BLOCK
-    # float32 holds every distance up to 2**24 bits exactly.
-    values, rows = streamed_top_k(
-        q_words, b_words, k, tile, query_block,
-        lambda q, b_tile: _popcount_distances(q, b_tile).astype(jnp.float32),
-        base_valid=xb_valid)
-    missing = jnp.isinf(values)
-    distances = jnp.where(missing, MISSING_DISTANCE, values.astype(jnp.int32))
-    return distances.astype(jnp.int32), jnp.where(missing, -1, rows)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "tile", "query_block"))
-def _knn_hamming_jit(xq, xb, xb_valid, k, tile, query_block):
-    return knn_hamming_scan(xq, xb, k, xb_valid=xb_valid, tile=tile, query_block=query_block)
-
-
-def _check_valid(xb_valid, n):
+def check_valid(xb_valid, n):
     if xb_valid is None:
         return None
     xb_valid = jnp.asarray(xb_valid)
@@ -153,24 +110,11 @@ def _check_valid(xb_valid, n):
     return xb_valid
 
 
-def knn_hamming(xq_codes, xb_codes, k: int, *, xb_valid=None, tile: int | None = None,
-                query_block: int | None = None):
-    """Exact k nearest codes of xb for each code of xq under Hamming distance.
-
-    FAISS `IndexBinaryFlat.search`: returns distances (nq, k) int32 and indices (nq, k)
-    int32, ascending, ties by lower index; -1 / INT32_MAX where fewer than k codes
-    qualify. xb_valid: optional (N,) bool, the rows that may be returned. Streams xb in
-    tiles (tile, query_block: overrides of the defaults, mainly for tests).
-    """
-    xq, xb = _check_pair(xq_codes, xb_codes)
-    return _knn_hamming_jit(xq, xb, _check_valid(xb_valid, xb.shape[0]), check_k(k),
-                            None if tile is None else check_k(tile),
-                            None if query_block is None else check_k(query_block))
-
+# --- the oracle ---------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _knn_hamming_reference_jit(xq, xb, xb_valid, k):
-    dist = _popcount_distances(as_words(xq), as_words(xb))
+    dist = popcount_distances(as_words(xq), as_words(xb))
     take = min(k, xb.shape[0])
     keyed = dist.astype(jnp.float32)
     if xb_valid is not None:
@@ -187,5 +131,5 @@ def _knn_hamming_reference_jit(xq, xb, xb_valid, k):
 
 def knn_hamming_reference(xq_codes, xb_codes, k: int, *, xb_valid=None):
     """Oracle for `knn_hamming`: the full distance matrix, then `lax.top_k`."""
-    xq, xb = _check_pair(xq_codes, xb_codes)
-    return _knn_hamming_reference_jit(xq, xb, _check_valid(xb_valid, xb.shape[0]), check_k(k))
+    xq, xb = check_code_pair(xq_codes, xb_codes)
+    return _knn_hamming_reference_jit(xq, xb, check_valid(xb_valid, xb.shape[0]), check_k(k))

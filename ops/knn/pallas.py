@@ -2,24 +2,25 @@
 
 Grid over blocks of `block_q` queries; each program walks the whole database in tiles of
 `block_n` rows, computes the (block_q, block_n) keys with one matmul and folds them into a
-running top-k held in registers (`topk.scan_top_k`), so the (nq, N) distance matrix never
-reaches memory. Storage may be float32, float16 or bfloat16: tiles are upcast in the
-kernel and products accumulate in float32, as `ops.knn.knn_scan` does.
+running top-k held in registers (`topk.pallas.scan_top_k`), so the (nq, N) distance
+matrix never reaches memory. Storage may be float32, float16 or bfloat16: tiles are
+upcast in the kernel and products accumulate in float32, as `knn.xla.knn_scan` does.
 
 The vector dimension is walked in chunks of `block_d` columns (an inner loop
 accumulating the (block_q, block_n) products), so the tile in registers and shared memory is
 (block_n, block_d) whatever d is: 768-d and 4096-d embeddings compile on every Ampere or
 newer GPU (`plans` sizes the blocks).
 
-Keys are those of `ops.knn._dot_keyed`: ||x||^2 - 2 q.x for l2 (||q||^2, constant per
-query, is added to the k survivors), -q.x for inner products, +inf for rows that may not
-be returned (folded into one per-row bias, so validity costs no extra pass).
+Keys are those of the XLA path (`knn.xla`, metrics ranked by one matmul): ||x||^2 - 2 q.x
+for l2 (||q||^2, constant per query, is added to the k survivors), -q.x for inner
+products, +inf for rows that may not be returned (folded into one per-row bias, so
+validity costs no extra pass).
 
 The database is read in place with contiguous masked loads (rows past the end and
 columns past d read zero; queries are zero-padded to whole chunks), so neither the ragged
 tail nor d forces a padded copy of xb.
 
-`knn_reference` (`ops.knn.knn_reference`: the full matrix, then `lax.top_k`) is the oracle.
+`knn.reference.knn_reference` (the full matrix, then `lax.top_k`) is the oracle.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from ..distances import squared_norms
-from ..knn import knn_reference
-from .plans import plan_knn
-from .topk import ScanConfig, load_rows, scan_call
+from ..errors import InvalidInputError
+from ..plans import plan_knn
+from ..topk.pallas import ScanConfig, load_rows, scan_call
 
-__all__ = ["METRICS", "knn_pallas", "knn_reference", "plan_knn"]
+__all__ = ["METRICS", "knn_pallas"]
 
 METRICS = ("l2", "ip")
 
@@ -71,13 +72,13 @@ def knn_pallas(xq, xb, k: int, metric: str = "l2", *, xb_sqnorms=None, xb_valid=
 
     metric: "l2" (squared) or "ip" (cosine: normalise first, then "ip"). xb_sqnorms: cached
     squared norms for l2; xb_valid: (n,) bool rows that may be returned. Returns
-    (distances (nq, k) float32, rows (nq, k) int32) as `ops.knn.knn_scan`: ascending for l2,
+    (distances (nq, k) float32, rows (nq, k) int32) as `knn.xla.knn_scan`: ascending for l2,
     descending for ip, +inf / -inf and -1 where fewer than k rows qualify. config: launch
     parameters, `plan_knn(d, k, dtype)` when None. interpret=True runs the kernel body
     through the Pallas interpreter (any backend; for tests).
     """
     if metric not in METRICS:
-        raise ValueError(f"knn_pallas supports {METRICS}, got {metric!r}")
+        raise InvalidInputError(f"knn_pallas supports {METRICS}, got {metric!r}")
     nq, d = xq.shape
     n = xb.shape[0]
     config = plan_knn(d, k, xb.dtype) if config is None else config

@@ -1,4 +1,5 @@
-"""Launch parameters of the scan kernels, chosen from the shape (d, k, storage dtype).
+"""Launch parameters of the Pallas scan kernels (`knn`, `hamming`, `adc`, `ivf_scan`),
+chosen from the shape (d, k, storage dtype).
 
 One plan serves every GPU that runs Pallas Triton kernels (compute capability 8.0 and
 newer: A100, A10/L4 and RTX 30/40 with 99 KB of shared memory per block, H100 with
@@ -24,7 +25,7 @@ spill-free blocks that keep a matmul's minimum of 16 per dimension.
 
 from __future__ import annotations
 
-from .topk import ScanConfig, next_pow2
+from .topk.pallas import ScanConfig, next_pow2
 
 __all__ = ["plan_adc", "plan_hamming", "plan_ivf", "plan_knn"]
 

@@ -1,16 +1,16 @@
 """Hamming k-NN over packed binary codes as a Pallas kernel, top-k fused.
 
-Codes are read as 32-bit words (`ops.hamming`'s layout: bytes little-endian, zero-padded
-to whole words; the padding is equal on both sides, so it adds nothing), bit-cast to
-int32: Triton's popcount (`__nv_popc`) legalizes for int32 only (uint32 failed to compile
-for every NVIDIA target). For each database tile the kernel loads one word column at a
-time in a loop, so W (words per code) need not be a power of two and no padded copy of
-the database is made. Distances are exact in the
-float32 keys of the shared running top-k (codes up to 2**24 bits).
+Codes are read as 32-bit words (`hamming.reference.as_words`: bytes little-endian,
+zero-padded to whole words; the padding is equal on both sides, so it adds nothing),
+bit-cast to int32: Triton's popcount (`__nv_popc`) legalizes for int32 only (uint32
+failed to compile for every NVIDIA target). For each database tile the kernel loads one
+word column at a time in a loop, so W (words per code) need not be a power of two and no
+padded copy of the database is made. Distances are exact in the float32 keys of the
+shared running top-k (codes up to 2**24 bits).
 
-Results follow `ops.hamming.knn_hamming` (FAISS `IndexBinaryFlat`): int32 distances
+Results follow `hamming.knn_hamming` (FAISS `IndexBinaryFlat`): int32 distances
 ascending, ties by lower row, -1 / INT32_MAX where fewer than k codes qualify.
-`knn_hamming_reference` is the oracle.
+`hamming.reference.knn_hamming_reference` is the oracle.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..hamming import MISSING_DISTANCE, as_words, knn_hamming_reference
-from .plans import plan_hamming
-from .topk import ScanConfig, load_rows, scan_call
+from ..plans import plan_hamming
+from ..topk.pallas import ScanConfig, load_rows, scan_call
+from .reference import MISSING_DISTANCE, as_words
 
-__all__ = ["knn_hamming_pallas", "knn_hamming_reference", "plan_hamming"]
+__all__ = ["knn_hamming_pallas"]
 
 
 def _make_key_tile(q_refs, db_refs):
