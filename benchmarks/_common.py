@@ -278,16 +278,34 @@ def write_json(path: Path, obj: Any) -> Path:
     """Write obj as indented JSON (numpy scalars converted), creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     return path
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_figure(fig, ax, path: Path):
+    """Grid, tight layout, PNG at 110 dpi, figure closed: the benchmarks' plot finish."""
+    import matplotlib.pyplot as plt
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_markdown_and_plot(results: dict, json_path: Path, markdown, plot) -> str:
+    """<stem>.md from markdown(results) and <stem>.png from plot(results, path) beside
+    the JSON; returns the Markdown."""
+    md = markdown(results)
+    json_path.with_suffix(".md").write_text(md)
+    plot(results, json_path.with_suffix(".png"))
+    return md
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

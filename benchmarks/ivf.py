@@ -306,7 +306,7 @@ def main(argv=None):
         return
     if args.kmeans_memory_child:
         print(json.dumps(kmeans_memory_child(args.kmeans_memory_child),
-                         default=_common._json_default))
+                         default=_common.json_default))
         return
     xb, xq, gt = load(args.dataset, args.k, args.queries)
     results = {"machine": _common.machine_info(), "threads": args.threads,

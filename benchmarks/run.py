@@ -559,19 +559,13 @@ def plot(results: dict, path: Path):
     ds = results["dataset"]
     ax.set_title(f"{ds['name']} ({ds['nb']} x {ds['d']}, {ds['data_metric']}), k={k}, "
                  f"{results['threads']} threads; lines: Pareto frontiers")
-    ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # every method may have failed or be missing
         ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _common.save_figure(fig, ax, path)
 
 
 def write_reports(results: dict, json_path: Path) -> str:
-    md = markdown(results)
-    json_path.with_suffix(".md").write_text(md)
-    plot(results, json_path.with_suffix(".png"))
-    return md
+    return _common.write_markdown_and_plot(results, json_path, markdown, plot)
 
 
 def main(argv=None):
