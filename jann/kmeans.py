@@ -28,8 +28,8 @@ from jann.errors import InvalidInputError
 from jann.ops.distances import normalize_L2
 from jann.ops.knn import knn_scan
 
-__all__ = ["KMeansResult", "Kmeans", "assign", "check_training_points", "kmeans", "lloyd_step",
-           "update_centroids"]
+__all__ = ["KMeansResult", "Kmeans", "assign", "check_training_points", "iterate", "kmeans",
+           "lloyd_step", "update_centroids"]
 
 _SPLIT_EPS = 1.0 / 1024.0
 
@@ -170,21 +170,30 @@ def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool =
             centroids = _kmeans_pp(x, key_init, k)
         else:
             centroids = x[jax.random.permutation(key_init, x.shape[0])[:k]]
-        history = []
-        start = time.perf_counter()
-        for it in range(niter):
-            key_iter, sub = jax.random.split(key_iter)
-            centroids, obj, n_empty = lloyd_step(x, centroids, sub, spherical)
-            history.append(float(obj))
-            if verbose:
-                print(f"  k-means redo {redo} iter {it + 1}/{niter}: objective {history[-1]:.6g}"
-                      f", {int(n_empty)} empty clusters split, {time.perf_counter() - start:.1f} s",
-                      flush=True)
+        centroids, history = iterate(
+            lambda c, sub: lloyd_step(x, c, sub, spherical), centroids, key_iter, niter,
+            verbose and f"k-means redo {redo}")
         final = history[-1] if history else float(_assign(x, centroids, spherical)[0].sum())
         better = best is None or (final > best[0] if spherical else final < best[0])
         if better:
             best = (final, centroids, history)
     return KMeansResult(best[1], best[2])
+
+
+def iterate(step, centroids, key, niter: int, label: str | bool = False):
+    """niter Lloyd iterations `step(centroids, key) -> (centroids, objective, n_empty)`,
+    each with a fresh subkey: (centroids, objective history). With a label, one progress
+    line per iteration."""
+    history, start = [], time.perf_counter()
+    for it in range(niter):
+        key, sub = jax.random.split(key)
+        centroids, objective, n_empty = step(centroids, sub)
+        history.append(float(objective))
+        if label:
+            print(f"  {label} iter {it + 1}/{niter}: objective {history[-1]:.6g}, "
+                  f"{int(n_empty)} empty clusters split, {time.perf_counter() - start:.1f} s",
+                  flush=True)
+    return centroids, history
 
 
 class Kmeans:

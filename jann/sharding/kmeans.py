@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jann._inputs import as_vectors, check_finite
 from jann.errors import InvalidInputError
 from jann.kmeans import KMeansResult, assign as kmeans_assign, check_training_points
-from jann.kmeans import update_centroids
+from jann.kmeans import iterate, update_centroids
 from jann.ops import distances as dist_ops
 from jann.sharding.mesh import all_local, check_mesh, smap
 
@@ -123,12 +123,6 @@ def kmeans_sharded(x, k: int, mesh: Mesh, *, axis: str | None = None, key, niter
         return new, objective, jnp.sum(counts == 0)
 
     step = jax.jit(smap(lloyd, mesh, (row_spec, row_spec, P(), P()), (P(), P(), P())))
-    history = []
-    for it in range(niter):
-        key_iter, sub = jax.random.split(key_iter)
-        centroids, objective, n_empty = step(x, valid, centroids, sub)
-        history.append(float(objective))
-        if verbose:
-            print(f"  sharded k-means iter {it + 1}/{niter}: objective {history[-1]:.6g}, "
-                  f"{int(n_empty)} empty clusters split", flush=True)
+    centroids, history = iterate(lambda c, sub: step(x, valid, c, sub), centroids, key_iter,
+                                 niter, verbose and "sharded k-means")
     return KMeansResult(centroids, history)
