@@ -59,8 +59,8 @@ from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops.ivf_scan import ivf_search
 from jann.ops.knn import map_query_blocks
-from jann.ops.sorting import bucket_sort
-from jann.ops.topk import merge_smallest, smallest_k, smallest_k_padded
+from jann.ops.sorting import bucket_sort, stable_argsort
+from jann.ops.topk import merge_smallest, smallest_k_gathered
 from jann.quantizers.layout import encoded_row
 
 __all__ = ["IVFIndex"]
@@ -75,32 +75,30 @@ ROW_CHUNK_FACTOR = 1.0
 
 # Work items one scan step runs together (vmapped): a step of one item spent most of its
 # time in per-op overhead (IVF1024,PQ56 on Fashion-MNIST, 4096 queries, nprobe 8: 0.74 s
-# with one item per step, 0.40 s with 4 or 16; 64 was slower again). Each item of a step
-# keeps its own running top-k slot per (query, list) pair, so the slots are capped to
-# keep those buffers under MAX_SLOT_BYTES.
+# with one item per step, 0.40 s with 4 or 16; 64 was slower again; sift-textures
+# IVF2048,Flat, 2000 queries, nprobe 45: 16 beat 8 and 32).
 ITEMS_PER_STEP = 16
-MAX_SLOT_BYTES = 64 << 20
-# Even at one item per step the slots take (queries x nprobe x k) x 8 bytes: a search
-# whose slots would pass this bound scans its queries in blocks that fit (each block
-# reads its probed lists again, so blocks are as large as the bound allows).
+# Lists are ordered by their number of row chunks, up to this many, for the scan's steps.
+MAX_ORDERED_CHUNKS = 1 << 16
+# The scan keeps every (query, probed list) pair's candidates, (nq x nprobe x width) x 4
+# bytes: a search whose candidates would pass this bound scans its queries in blocks that
+# fit (each block reads its probed lists again, so blocks are as large as the bound allows).
 MAX_SCAN_BYTES = 512 << 20
+# ... and in blocks of at most this many queries, so that the blocks of a padded batch past
+# its real queries are skipped, and the candidate buffers of 10k queries (each page of
+# them faulted in afresh per call) are not made for 16384.
+SCAN_QUERY_BLOCK = 2048
 # Queries of a padded batch are assigned to lists in blocks of this many rows, so that
 # the blocks past the real rows are skipped (10000 queries padded to 16384).
 PROBE_QUERY_BLOCK = 2048
-
-
-def _items_per_step(pairs: int, k: int) -> int:
-    per_slot = max(1, pairs * k * 8)
-    return int(max(1, min(ITEMS_PER_STEP, MAX_SLOT_BYTES // per_slot)))
 
 
 def _is_graph(quantizer) -> bool:
     return isinstance(quantizer, GraphIndex)
 
 
-def _scan_query_block(nprobe: int, k: int) -> int:
-    per_query = max(1, nprobe * k * 8)
-    return 1 << max(4, (MAX_SCAN_BYTES // per_query).bit_length() - 1)
+def _scan_query_block(per_query_bytes: int) -> int:
+    return 1 << max(4, (MAX_SCAN_BYTES // per_query_bytes).bit_length() - 1)
 
 
 def _pow2_near(x: float) -> int:
@@ -359,26 +357,18 @@ class IVFIndex(_storage.ListedRows, Index):
         return dict(query_group=query_group, row_chunk=row_chunk, lims=lims, perm=perm,
                     r_chunks=r_chunks, items=items, item_end=item_end, npb=npb, pairs=pairs)
 
-    def _item(self, plan, w, q, selector):
-        """Queries, rows and the (Qc, Lc) score block of work item w."""
-        qg, rc = plan["query_group"], plan["row_chunk"]
-        lst = jnp.searchsorted(plan["item_end"], w, side="right").astype(jnp.int32)
-        local = w - (plan["item_end"][lst] - plan["items"][lst])
-        j, p = local // plan["r_chunks"][lst], local % plan["r_chunks"][lst]
-        pos = plan["lims"][lst] + j * qg + jnp.arange(qg)
-        pair_ok = pos < plan["lims"][lst + 1]
-        pair = plan["perm"][jnp.clip(pos, 0, plan["pairs"] - 1)]
-        query = pair // plan["npb"]
-        qv = q[query]
-        start = self.offsets[lst] + p * rc
-        first = jnp.minimum(start, self.capacity - rc)
-        rows = first + jnp.arange(rc)
+    def _chunk_scores(self, lst, qv, start, row_chunk: int, selector):
+        """Scores (Qc, row_chunk) of prepared queries qv against the stored rows from
+        `start` on that belong to list lst (squared distances for l2, similarities for
+        ip), the block's first storage row, and which of its rows count. The block is
+        moved back to end at the capacity when it would pass it."""
+        first = jnp.minimum(start, self.capacity - row_chunk)
+        rows = first + jnp.arange(row_chunk)
         row_ok = (rows >= start) & (rows < self.offsets[lst + 1])
-        codes = jax.lax.dynamic_slice_in_dim(self.payload, first, rc)
-        ids = jax.lax.dynamic_slice_in_dim(self.ids, first, rc)
-        norms = jax.lax.dynamic_slice_in_dim(self.norms, first, rc)
+        codes = jax.lax.dynamic_slice_in_dim(self.payload, first, row_chunk)
+        norms = jax.lax.dynamic_slice_in_dim(self.norms, first, row_chunk)
         if selector is not None:
-            row_ok &= selector(ids)
+            row_ok &= selector(jax.lax.dynamic_slice_in_dim(self.ids, first, row_chunk))
         decoded = self.codec.decode(codes)
         centroid = self.centroids[jnp.minimum(lst, self.nlist - 1)]
         if self.metric == "l2":
@@ -388,55 +378,121 @@ class IVFIndex(_storage.ListedRows, Index):
             scores = dist_ops.pairwise_scores(qv, decoded, "ip")
             if self.by_residual:
                 scores = scores + (qv @ centroid)[:, None]
+        return scores, first, row_ok
+
+    def _item(self, plan, w, q, selector):
+        """Queries, rows and the (Qc, Lc) score block of work item w of `_plan`."""
+        qg, rc = plan["query_group"], plan["row_chunk"]
+        lst = jnp.searchsorted(plan["item_end"], w, side="right").astype(jnp.int32)
+        local = w - (plan["item_end"][lst] - plan["items"][lst])
+        j, p = local // plan["r_chunks"][lst], local % plan["r_chunks"][lst]
+        pos = plan["lims"][lst] + j * qg + jnp.arange(qg)
+        pair_ok = pos < plan["lims"][lst + 1]
+        pair = plan["perm"][jnp.clip(pos, 0, plan["pairs"] - 1)]
+        query = pair // plan["npb"]
+        scores, first, row_ok = self._chunk_scores(
+            lst, q[query], self.offsets[lst] + p * rc, rc, selector)
+        ids = jax.lax.dynamic_slice_in_dim(self.ids, first, rc)
         ok = pair_ok[:, None] & row_ok[None, :]
         return pair, pair_ok, query, scores, ok, ids
 
+    def _scan_shape(self, nq: int, npb: int, k: int) -> dict:
+        """Static shape of `scan` for nq queries probing npb lists each (see the rule in
+        the module docstring)."""
+        pairs = nq * npb
+        query_group = int(min(MAX_QUERY_GROUP,
+                              _pow2_near(QUERY_GROUP_FACTOR * pairs / self.nlist)))
+        row_chunk = int(np.clip(_pow2_near(ROW_CHUNK_FACTOR * self.capacity / self.nlist),
+                                MIN_ROW_CHUNK, MAX_ROW_CHUNK))
+        row_chunk = max(1, min(row_chunk, self.capacity))
+        # A pair's candidates: the first row chunk whole, then the k best of the list's
+        # other chunks, padded to whole 32-column blocks for the two-stage selection.
+        extra = -(-(row_chunk + k) // 32) * 32 - row_chunk
+        return dict(query_group=query_group, row_chunk=row_chunk, extra=extra,
+                    width=row_chunk + extra, pairs=pairs,
+                    bytes_per_query=npb * (row_chunk + extra + k) * 4)
+
     def scan(self, q, lists, k: int, selector=None):
         """Top-k over the given probed lists (nq, nprobe) of prepared queries q."""
-        nq = q.shape[0]
-        plan = self._plan(lists)
+        nq, npb = lists.shape
         similarity = dist_ops.is_similarity(self.metric)
-        take = min(k, plan["row_chunk"])
-        pairs = plan["pairs"]
-        n_items = plan["item_end"][-1]
-        batch = _items_per_step(pairs, k)
+        shape = self._scan_shape(nq, npb, k)
+        qg, rc, extra, width, pairs = (shape[f] for f in (
+            "query_group", "row_chunk", "extra", "width", "pairs"))
+        if not self.capacity:
+            return (jnp.full((nq, k), -jnp.inf if similarity else jnp.inf, jnp.float32),
+                    jnp.full((nq, k), -1, self.ids.dtype))
+        list_sizes = jnp.diff(self.offsets)
+        r_chunks = (list_sizes + rc - 1) // rc
+        # Lists are scanned with the most row chunks first, so that the items of a step
+        # (vmapped: each runs as many chunk iterations as the longest) have alike lists;
+        # the pairs are sorted by that rank, so the items' queries follow in scan order.
+        order = stable_argsort(jnp.maximum(MAX_ORDERED_CHUNKS - r_chunks, 0),
+                               MAX_ORDERED_CHUNKS + 1)
+        rank = jnp.zeros((self.nlist + 1,), jnp.int32).at[order].set(
+            jnp.arange(self.nlist, dtype=jnp.int32)).at[self.nlist].set(self.nlist)
+        lims, perm = bucket_sort(rank[lists].reshape(pairs), self.nlist)
+        q_chunks = (jnp.diff(lims) + qg - 1) // qg
+        item_end = jnp.cumsum(q_chunks)
+        n_items = item_end[-1]
 
-        def item_top_k(w):
-            pair, pair_ok, _, scores, ok, ids = self._item(plan, w, q, selector)
-            pair_ok &= w < n_items
-            keyed = jnp.where(ok & pair_ok[:, None], -scores if similarity else scores,
-                              jnp.inf)
-            if 2 * take >= plan["row_chunk"]:
-                # Selecting most of a chunk costs about as much as merging all of it: one
-                # selection (in the merge) instead of two. IVF1024,PQ56, 4096 queries,
-                # nprobe 8, k=40 of 64-row chunks (a refine's k_factor 4): 0.48 -> 0.42 s.
-                rows = jnp.broadcast_to(ids[None, :], keyed.shape)
-                return pair, pair_ok, keyed, jnp.where(jnp.isinf(keyed), -1, rows)
-            values, cols = smallest_k(keyed, take)
-            return pair, pair_ok, values, jnp.where(jnp.isinf(values), -1, ids[cols])
+        def item(w):
+            o = jnp.minimum(jnp.searchsorted(item_end, w, side="right"), self.nlist - 1)
+            lst = order[o]
+            pos = lims[o] + (w - item_end[o] + q_chunks[o]) * qg
+            qv = q[perm[jnp.clip(pos + jnp.arange(qg), 0, pairs - 1)] // npb]
 
-        def body(step, best):
-            best_d, best_i = best
-            items = step * batch + jnp.arange(batch)
-            pair, pair_ok, values, cand = jax.vmap(item_top_k)(items)
-            # Items of one (query, list) pair are consecutive, so within a step they have
-            # distinct item % batch: giving each its own slot makes the scatter race-free.
-            slot = jnp.broadcast_to((items % batch)[:, None], pair.shape)
-            safe = jnp.where(pair_ok, pair, 0)
-            merged_d, merged_i = merge_smallest(best_d[safe, slot], best_i[safe, slot],
-                                                values, cand, k)
-            target = jnp.where(pair_ok, pair, pairs)
-            return (best_d.at[target, slot].set(merged_d, mode="drop"),
-                    best_i.at[target, slot].set(merged_i, mode="drop"))
+            def keyed(c):
+                scores, first, row_ok = self._chunk_scores(
+                    lst, qv, self.offsets[lst] + c * rc, rc, selector)
+                scores = -scores if similarity else scores
+                return jnp.where(row_ok[None, :], scores, jnp.inf), first
 
-        init = (jnp.full((pairs, batch, k), jnp.inf, jnp.float32),
-                jnp.full((pairs, batch, k), -1, self.ids.dtype))
-        if self.capacity:
-            init = jax.lax.fori_loop(0, (n_items + batch - 1) // batch, body, init)
-        best_d, best_i = init
-        values, cols = smallest_k_padded(best_d.reshape(nq, -1), k)
-        flat_i = best_i.reshape(nq, -1)
-        ids = jnp.where(cols < 0, -1, jnp.take_along_axis(flat_i, jnp.maximum(cols, 0), 1))
+            # The first chunk's scores are kept whole; later chunks of a long list are
+            # folded into k running best slots.
+            first_scores, _ = keyed(0)
+
+            def fold(c, best):
+                scores, first = keyed(c)
+                rows = jnp.broadcast_to(first + jnp.arange(rc, dtype=jnp.int32), scores.shape)
+                return merge_smallest(*best, scores, rows, k)
+
+            best = (jnp.full((qg, k), jnp.inf, jnp.float32), jnp.full((qg, k), -1, jnp.int32))
+            best_d, best_rows = jax.lax.fori_loop(
+                1, jnp.where(w < n_items, r_chunks[lst], 0), fold, best)
+            pos = jnp.where(w < n_items, pos, pairs)
+            padding = jnp.full((qg, extra - k), jnp.inf, jnp.float32)
+            return pos, jnp.concatenate([first_scores, best_d, padding], 1), best_rows
+
+        def body(step, out):
+            # The step's items cover consecutive sorted pairs from its first item's: their
+            # rows are gathered into one block written in place (the rows past an item's
+            # pairs are overwritten by the next item's, or lie past all pairs).
+            pos, scores, rows = jax.vmap(item)(step * ITEMS_PER_STEP +
+                                               jnp.arange(ITEMS_PER_STEP))
+            at = pos[0] + jnp.arange(ITEMS_PER_STEP * qg)
+            which = jnp.clip(jnp.searchsorted(pos, at, side="right") - 1, 0,
+                             ITEMS_PER_STEP - 1)
+            row = jnp.clip(at - pos[which], 0, qg - 1)
+            return tuple(jax.lax.dynamic_update_slice_in_dim(o, block[which, row], pos[0], 0)
+                         for o, block in zip(out, (scores, rows)))
+
+        # pairs + one step's rows, so that no write is moved back from the end; the last
+        # row is +inf, the candidates of the probes that scan nothing
+        out = (jnp.zeros((pairs + ITEMS_PER_STEP * qg + 1, width), jnp.float32).at[-1].set(
+            jnp.inf), jnp.zeros((pairs + ITEMS_PER_STEP * qg, k), jnp.int32))
+        sorted_scores, sorted_rows = jax.lax.fori_loop(
+            0, (n_items + ITEMS_PER_STEP - 1) // ITEMS_PER_STEP, body, out)
+        at = jnp.zeros((pairs,), jnp.int32).at[perm].set(jnp.arange(pairs, dtype=jnp.int32))
+        at = jnp.where(lists < self.nlist, at.reshape(nq, npb), sorted_scores.shape[0] - 1)
+        values, cols = smallest_k_gathered(sorted_scores, at, k)
+        probe, col = jnp.maximum(cols, 0) // width, jnp.maximum(cols, 0) % width
+        lst = jnp.minimum(jnp.take_along_axis(lists, probe, 1), self.nlist - 1)
+        first_rows = jnp.minimum(self.offsets[lst], self.capacity - rc) + col
+        folded_rows = sorted_rows[jnp.minimum(jnp.take_along_axis(at, probe, 1), pairs - 1),
+                                  jnp.clip(col - rc, 0, k - 1)]
+        rows = jnp.clip(jnp.where(col < rc, first_rows, folded_rows), 0, self.capacity - 1)
+        ids = jnp.where(cols < 0, -1, self.ids[rows])
         return (-values if similarity else values), ids
 
     def search_parameter_space(self) -> dict[str, tuple]:
@@ -463,10 +519,12 @@ class IVFIndex(_storage.ListedRows, Index):
             lists = jnp.where(real, lists, self.nlist)
 
         def xla_scan(q, lists):
-            block = _scan_query_block(lists.shape[1], k)
+            block = min(SCAN_QUERY_BLOCK, _scan_query_block(
+                self._scan_shape(q.shape[0], lists.shape[1], k)["bytes_per_query"]))
             if q.shape[0] <= block:
                 return self.scan(q, lists, k, selector)
-            return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block)
+            return map_query_blocks(lambda b: self.scan(*b, k, selector), (q, lists), block,
+                                    n_queries)
 
         allowed = self.live() if selector is None else self.live() & selector(self.ids)
         return ivf_search(

@@ -191,14 +191,15 @@ def test_graph_coarse_quantizer(data, tmp_path):
 
 
 def test_scan_in_query_blocks_when_slots_pass_the_bound(data, monkeypatch):
-    """A search whose (queries x nprobe x k) slots pass MAX_SCAN_BYTES scans its queries
-    in blocks; every row's result is the same as from one scan."""
+    """A search whose (queries x nprobe) candidate slots pass MAX_SCAN_BYTES scans its
+    queries in blocks; every row's result is the same as from one scan."""
     from jann import ivf
     xb, xq, _ = data
     index = jann.add(_ivf_flat(xb, 32), xb)
     D, I = jann.search(index, xq, K, nprobe=4)
-    monkeypatch.setattr(ivf, "MAX_SCAN_BYTES", 64 * 4 * K * 8)
-    assert ivf._scan_query_block(4, K) == 64 < len(xq)
+    per_query = index._scan_shape(len(xq), 4, K)["bytes_per_query"]
+    monkeypatch.setattr(ivf, "MAX_SCAN_BYTES", 64 * per_query)
+    assert ivf._scan_query_block(per_query) == 64 < len(xq)
     blocked = []
     monkeypatch.setattr(ivf, "map_query_blocks",
                         lambda *a: blocked.append(a[2]) or map_query_blocks(*a))

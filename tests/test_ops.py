@@ -68,6 +68,22 @@ def test_kmin_kmax_any_k(k, rng):
     assert np.isneginf(np.asarray(v)[:, take:]).all()
 
 
+@pytest.mark.parametrize("k,width", [(10, 160), (40, 64), (10, 48)])  # 48: not in blocks
+def test_selection_over_gathered_rows_equals_materialised(rng, k, width):
+    from jann.ops.topk import smallest_k_gathered, smallest_k_padded
+
+    table = rng.integers(0, 50, (30, width)).astype(np.float32)  # ties across rows too
+    table[rng.random(table.shape) < 0.3] = np.inf
+    table[7] = np.inf
+    rows = rng.integers(0, 30, (6, 12)).astype(np.int32)
+    rows[0] = 7  # a query whose candidates are all missing
+    got_v, got_i = smallest_k_gathered(jnp.asarray(table), jnp.asarray(rows), k)
+    want_v, want_i = smallest_k_padded(jnp.asarray(table[rows].reshape(6, -1)), k)
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+    assert (np.asarray(got_i)[0] == -1).all()
+
+
 def test_two_stage_selection_equals_top_k_with_ties(rng):
     x = rng.integers(0, 5, (4, 4096)).astype(np.float32)  # heavy ties
     v, i = ops.smallest_k(jnp.asarray(x), 50)
@@ -238,6 +254,15 @@ def test_bucket_sort(rng):
     for b in range(7):
         np.testing.assert_array_equal(perm[lims[b]:lims[b + 1]], np.flatnonzero(values == b))
     assert lims[7] == (values >= 0).sum()
+
+
+@pytest.mark.parametrize("key_bound", [7, 2**31])  # the packed sort, and the argsort past int32
+def test_stable_argsort(rng, key_bound):
+    from jann.ops.sorting import stable_argsort
+
+    keys = rng.integers(0, 7, 300).astype(np.int32)
+    got = np.asarray(stable_argsort(jnp.asarray(keys), key_bound))
+    np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
 
 
 def test_ops_reject_bad_inputs():

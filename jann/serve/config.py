@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jann.api import QUERY_BUCKETS
+from jann.api import QUERY_BUCKETS, query_buckets
 from jann.errors import InvalidInputError
 from jann.ops.topk import check_k
 from jann.serve.requests import check_params
@@ -57,3 +57,7 @@ class ServeConfig:
     def buckets(self) -> tuple[int, ...]:
         """The query buckets a search of at most `max_batch` rows can use."""
         return tuple(b for b in QUERY_BUCKETS if b <= self.max_batch)
+
+    def buckets_of(self, index) -> tuple[int, ...]:
+        """The query buckets a search of this index of at most `max_batch` rows uses."""
+        return tuple(b for b in query_buckets(index) if b <= self.max_batch)

@@ -54,7 +54,7 @@ def run(config: ServeConfig) -> int:
         state = service.current
         print(f"jann serve: {state.index.describe()} index, {state.ntotal} vectors, "
               f"d={service.d}, checkpoint {info['checkpoint_version']} + {info['replayed']} "
-              f"logged writes; warmed buckets {list(config.buckets)} x k "
+              f"logged writes; warmed buckets {list(config.buckets_of(state.index))} x k "
               f"{list(config.warm_k)} in {info['warm_s']:.1f} s", flush=True)
         if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"jann serve: warning: listening on {config.host} without a token: anyone "

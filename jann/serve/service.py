@@ -121,7 +121,7 @@ class SearchService:
         start = time.perf_counter()
         params = dict(self.config.warm_params)
         for k in self.config.warm_k:
-            for bucket in self.config.buckets:
+            for bucket in self.config.buckets_of(index):
                 D, _ = jann.search(index, np.zeros((bucket, self.d), np.float32), k, **params)
                 D.block_until_ready()
         self._warmed.add(signature)
@@ -294,7 +294,7 @@ class SearchService:
                          "queries": self.counters["searched_queries"],
                          "mean_requests_per_batch":
                              self.counters["batched_requests"] / batches if batches else 0.0},
-            "compiled": {"buckets": list(self.config.buckets),
+            "compiled": {"buckets": list(self.config.buckets_of(state.index)),
                          "warm_k": list(self.config.warm_k),
                          "warm_params": dict(self.config.warm_params),
                          "index_shapes_warmed": len(self._warmed),

@@ -26,11 +26,11 @@ from .pallas import ScanConfig
 from .reference import top_k_smallest
 from .xla import (
     blockwise_merge_applies, blockwise_merge_length, merge_smallest, merge_smallest_blocks,
-    smallest_k, smallest_k_padded)
+    smallest_k, smallest_k_gathered, smallest_k_padded)
 
 __all__ = ["ScanConfig", "blockwise_merge_applies", "blockwise_merge_length", "check_k",
            "kmax", "kmin", "merge_knn_results", "merge_smallest", "merge_smallest_blocks",
-           "smallest_k", "smallest_k_padded", "top_k_smallest"]
+           "smallest_k", "smallest_k_gathered", "smallest_k_padded", "top_k_smallest"]
 
 
 def check_k(k) -> int:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ..errors import InvalidInputError
 from .reference import top_k_smallest
 
-__all__ = ["smallest_k", "smallest_k_padded", "merge_smallest", "merge_smallest_blocks",
+__all__ = ["smallest_k", "smallest_k_gathered", "smallest_k_padded", "merge_smallest", "merge_smallest_blocks",
            "blockwise_merge_applies", "blockwise_merge_length"]
 
 # Block width of the two-stage selection; rows shorter than 4 blocks per wanted entry go
@@ -154,3 +154,26 @@ def smallest_k_padded(keyed: jax.Array, k: int):
         values = jnp.pad(values, pad, constant_values=jnp.inf)
         idx = jnp.pad(idx, pad, constant_values=-1)
     return values, idx
+
+
+def smallest_k_gathered(table: jax.Array, rows: jax.Array, k: int):
+    """`smallest_k_padded` of the rows table[rows[i, 0]] ++ table[rows[i, 1]] ++ ...
+    (table (R, w), rows (n, m) int) without writing them out: columns index that
+    concatenation (m * w wide). The two stages read the table in place: block minima
+    of every table row, then the k best blocks of each gathered row. (The IVF scan's
+    candidates are laid out by list; gathering them per query first cost as much as the
+    selection: 18M entries, 21 ms.)"""
+    n, m = rows.shape
+    width = table.shape[1]
+    n_blocks = width // _BLOCK
+    if width % _BLOCK or k > m * n_blocks // 4:
+        return smallest_k_padded(table[rows].reshape(n, m * width), k)
+    blocks = table.reshape(table.shape[0], n_blocks, _BLOCK)
+    minima = jnp.min(blocks, axis=-1)[rows].reshape(n, m * n_blocks)
+    _, best = top_k_smallest(minima, k)
+    best = jnp.sort(best, axis=-1)  # keeps ties in column order
+    picked = jnp.take_along_axis(rows, best // n_blocks, axis=-1)
+    cand = blocks[picked, best % n_blocks].reshape(n, k * _BLOCK)
+    values, pos = top_k_smallest(cand, k)
+    cols = jnp.take_along_axis(best, pos // _BLOCK, axis=-1) * _BLOCK + pos % _BLOCK
+    return values, jnp.where(jnp.isinf(values) & (values > 0), -1, cols)
