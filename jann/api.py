@@ -313,8 +313,8 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     out_d, out_i = [], []
     skips_padding = index.skips_padded_queries
     static, dynamic = params
-    for start, stop, size in _bucketed_chunks(nq, query_buckets(index),
-                                              padding_is_free=skips_padding):
+    chunks = _bucketed_chunks(nq, query_buckets(index), padding_is_free=skips_padding)
+    for start, stop, size in chunks:
         chunk = _pad_rows_np_or_jit(xq[start:stop], size)
         if skips_padding:
             dynamic = {**dynamic, "n_queries": np.asarray(stop - start, np.int32)}
@@ -323,9 +323,11 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
         if not ok.all():
             raise InvalidInputError(
                 f"queries contain NaN or inf (first in row {start + int(np.argmin(ok))})")
+        if len(chunks) == 1 and stop - start == size:
+            return distances, ids  # already whole: no copy back (0.1 ms of a 1-query call)
         out_d.append(_host_view(distances)[: stop - start])
         out_i.append(_host_view(ids)[: stop - start])
-    return _to_jax(np.concatenate(out_d)), _to_jax(np.concatenate(out_i))
+    return jax.device_put((np.concatenate(out_d), np.concatenate(out_i)))
 
 
 # ---------------------------------------------------------------------- range search

@@ -366,3 +366,23 @@ def test_few_training_points_warn_like_faiss(data):
     xb, _, _ = data
     with pytest.warns(UserWarning, match="training points"):
         jann.train(jann.index_factory(196, "IVF64,Flat"), xb[:1000], key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("description,metric", [
+    ("IVF16,PQ14", "l2"), ("IVF16,PQ14", "ip"), ("IVF16,PQ14x4", "l2"), ("PQ14", "l2")])
+def test_table_and_decoding_scans_agree(data, monkeypatch, description, metric):
+    """PQ codes are scored by look-up tables for small query groups and decoded for large
+    ones: the two give the same neighbours and distances (to float rounding)."""
+    from jann import ivf
+    xb, xq, _ = data
+    index = jann.index_factory(xb.shape[1], description, metric=metric)
+    index = jann.add(jann.train(index, xb[:2000]), xb)
+    params = {} if description == "PQ14" else {"nprobe": 4}
+    runs = []
+    for limit in (0, 1 << 20):
+        monkeypatch.setattr(ivf, "MAX_TABLE_QUERY_GROUP", limit)
+        jax.clear_caches()
+        runs.append([np.asarray(a) for a in jann.search(index, xq[:40], K, **params)])
+    (d_decoded, i_decoded), (d_tables, i_tables) = runs
+    np.testing.assert_allclose(d_tables, d_decoded, rtol=1e-4, atol=1e-3)
+    assert np.mean(i_tables == i_decoded) > 0.98  # only near-ties may swap
