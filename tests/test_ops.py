@@ -84,6 +84,14 @@ def test_selection_over_gathered_rows_equals_materialised(rng, k, width):
     assert (np.asarray(got_i)[0] == -1).all()
 
 
+@pytest.mark.parametrize("n", [64, 2048, 100])  # in blocks, and not
+def test_nearest_is_the_first_of_equal_minima(rng, n):
+    x = rng.integers(0, 3, (50, n)).astype(np.float32)  # many equal minima
+    v, i = ops.smallest_k(jnp.asarray(x), 1)
+    np.testing.assert_array_equal(np.asarray(i)[:, 0], np.argmin(x, axis=1))
+    np.testing.assert_array_equal(np.asarray(v)[:, 0], x.min(axis=1))
+
+
 def test_two_stage_selection_equals_top_k_with_ties(rng):
     x = rng.integers(0, 5, (4, 4096)).astype(np.float32)  # heavy ties
     v, i = ops.smallest_k(jnp.asarray(x), 50)

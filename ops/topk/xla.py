@@ -47,7 +47,7 @@ def smallest_k(x: jax.Array, k: int, bias: jax.Array | None = None):
     if bias is None:
         bias = jnp.zeros((n,), x.dtype)
     if k == 1:  # a plain reduction beats any selection (k-means assignment, IVF probes)
-        col = jnp.argmin(x + bias, axis=-1).astype(jnp.int32)[..., None]
+        col = _argmin(x + bias)[..., None]
         return jnp.take_along_axis(x, col, axis=-1) + bias[col], col
     if n_blocks < 4 * k or n % _BLOCK:
         return top_k_smallest(x + bias, k)
@@ -59,6 +59,20 @@ def smallest_k(x: jax.Array, k: int, bias: jax.Array | None = None):
     values, pos = top_k_smallest(cand.reshape(*x.shape[:-1], k * _BLOCK), k)
     cols = jnp.take_along_axis(best_blocks, pos // _BLOCK, axis=-1) * _BLOCK + pos % _BLOCK
     return values, cols
+
+
+def _argmin(x: jax.Array) -> jax.Array:
+    """argmin along the last axis (first of equal minima) as int32. XLA's CPU argmin
+    reduces (value, index) pairs element by element: 78 ms on a (16384, 2048) block, 6 ms
+    for its plain min. Block minima (a plain min), the argmin of those, then of the one
+    block took 13 ms (k-means assignment is one such block per 16384 points)."""
+    n = x.shape[-1]
+    if n % _BLOCK or n < 2 * _BLOCK:
+        return jnp.argmin(x, axis=-1).astype(jnp.int32)
+    blocks = x.reshape(*x.shape[:-1], n // _BLOCK, _BLOCK)
+    best = jnp.argmin(jnp.min(blocks, axis=-1), axis=-1).astype(jnp.int32)
+    inside = jnp.take_along_axis(blocks, best[..., None, None], axis=-2)[..., 0, :]
+    return best * _BLOCK + jnp.argmin(inside, axis=-1).astype(jnp.int32)
 
 
 def merge_smallest(values_a, idx_a, values_b, idx_b, k: int):
