@@ -20,25 +20,35 @@ page table would make adds O(batch) at the price of per-list slack; CSR was chos
 exact memory and because search reads each list as one contiguous run.
 
 Search order: list-major. The (query, probed list) pairs are grouped by list
-(`bucket_sort`); each work item takes up to `Qc` queries probing one list and `Lc`
-consecutive rows of that list, decodes the rows, and computes the (Qc, Lc) distance block
-with one matmul (float32 accumulation), keeping a running top-k per (query, list) pair.
-A list is thus read once per query batch instead of once per query, and the scan is
-BLAS-sized work. With one query per group (Qc = 1) this is the query-major order, used
-for small batches. The loop runs a data-dependent number of steps (`lax.while_loop`) of
-`ITEMS_PER_STEP` items each, so the work follows the lists actually probed, not a padded
-maximum, inside jit too.
+(`bucket_sort`, lists ranked by length); each work item takes up to `Qc` queries probing
+one list, decodes the list's first `Lc` rows and computes the (Qc, Lc) score block with
+one matmul (float32 accumulation). A list is thus read once per query batch instead of
+once per query, and the scan is BLAS-sized work. With one query per group (Qc = 1) this
+is the query-major order, used for small batches. The loop runs a data-dependent number
+of steps (`lax.while_loop`) of `ITEMS_PER_STEP` items each, so the work follows the
+lists actually probed, not a padded maximum, inside jit too.
 
-PQ codes and precomputed tables: FAISS scans IVF-PQ with per-query look-up tables (and,
-for L2 by residual, a precomputed (nlist, M, ksub) table of ||r||^2 + 2<c, r> terms, so
-that a (query, list) table is a sum instead of a new M x ksub computation). Here a work
-item instead decodes its Lc codes once and scores them for all Qc queries with one matmul
-against the queries' residuals; the per-(query, list) cost outside the matmul is one
-(Qc, d) subtraction, so there is no table to precompute, and one decode serves Qc queries.
-Look-up tables pay where gathers are cheap and matmuls are not (a GPU kernel:
-`jann.ops.adc` is the ADC scan with the tables on chip). Measured on Fashion-MNIST
-(IVF1024,PQ56, 10k queries, 2 threads): 0.78-1.48x faiss-cpu's QPS at every nprobe, at
-equal recall (benchmarks/results/ivf.md).
+Selection: a pair's first-chunk scores are kept whole (no per-pair top-k: XLA's CPU
+top_k costs ~0.8 us per row whatever its length, more than the matmul of a short row);
+rows past Lc (long lists) are folded into k running best slots. The candidates are
+written in list order as the items produce them (one contiguous block per step), and
+each query's top-k is selected once, in place, over its nprobe x (Lc + k) candidates
+(`smallest_k_gathered`: block minima, then the best k blocks).
+
+Shape rule (measured on sift-textures IVF2048,Flat and debian-minilm IVF1024,{Flat,
+PQ48}, 2 threads): Qc ~ the mean number of queries per probed list (pairs / nlist, a
+power of two, at most 256), Lc ~ the mean list length (a power of two, 32-512): larger
+Lc (256 for 98-row lists) wasted more matmul than the fewer folds saved; Qc at half
+the mean was no faster. Batches pass through in blocks of at most `SCAN_QUERY_BLOCK`
+queries so that a padded batch's empty blocks are skipped.
+
+PQ codes: a work item with many queries decodes its Lc codes once and scores them for
+all Qc queries with one matmul against the residuals (one decode serves Qc queries, no
+table to build); with at most `MAX_TABLE_QUERY_GROUP` queries (small batches) it scores
+them by look-up in per-query tables instead (FAISS's ADC; for L2 by residual
+||q - c - y||^2 = ||q - c||^2 + ||y||^2 + 2 c.y - 2 q.y, the c.y term from the list's
+centroid table). Measured figures are in `_uses_tables`; `jann.ops.adc` is the ADC scan
+with the tables on chip for GPUs.
 """
 
 from __future__ import annotations
