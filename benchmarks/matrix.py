@@ -2,8 +2,9 @@
 
 Run from the repo root:
 
-    python -m benchmarks.matrix            # the whole matrix (about an hour on 2 cores)
-    python -m benchmarks.matrix --quick    # a subset (7 minutes on 2 cores, not yet the 5 asked)
+    python -m benchmarks.matrix            # the whole matrix (not yet run whole; three
+                                           #   datasets x four IVF/Flat kinds took 20 min)
+    python -m benchmarks.matrix --quick    # a subset (6 minutes on 2 cores, not yet the 5 asked)
 
 For each dataset (../shared/data) and index (Flat, IVF<nlist>,Flat, IVF<nlist>,SQ8,
 IVF<nlist>,PQ<d/8>, IVF<nlist>,PQ<d/4>, HNSW32; nlist the power of two nearest 4 sqrt(n)),
@@ -204,7 +205,7 @@ def _parse(argv):
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--libraries", nargs="+", default=("jann", "faiss", "hnswlib"))
-    p.add_argument("--quick", action="store_true", help="a subset (7 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a subset (6 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--repeats", type=int, default=None)
@@ -412,20 +413,37 @@ def plot(results: dict, path: Path):
     for r in rows:
         series.setdefault((r["dataset"], r["index"], r["peer"], r["target"]), []).append(
             (r["batch"], r["ratio"]))
-    fig, ax = plt.subplots(figsize=(10, 6))
-    for (dataset, index, peer, target), points in sorted(series.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                label=f"{dataset} {index} vs {peer} @{target}")
-    ax.axhline(1.0, color="black", lw=1)
-    ax.axhline(0.5, color="gray", lw=1, ls="--")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("queries per call")
-    ax.set_ylabel("jann QPS / peer QPS (same recall)")
-    ax.set_title(f"jann speed matrix, {results['threads']} threads")
-    ax.legend(fontsize=6, loc="best", ncol=2)
-    _common.save_figure(fig, ax, path)
+    datasets = sorted({key[0] for key in series})
+    # one colour per index kind (Flat, IVF-Flat, ...), whatever a dataset's nlist or M
+    colors = {rank: plt.cm.tab10(rank) for rank in range(5)}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 5),
+                             sharey=True, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for (name, index, peer, target), points in sorted(series.items()):
+            if name != dataset:
+                continue
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    color=colors[_index_kind(index)], label=f"{index} vs {peer} @{target}")
+        ax.axhline(1.0, color="black", lw=1)
+        ax.axhline(0.5, color="gray", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("queries per call")
+        ax.set_title(dataset, fontsize=10)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("jann QPS / peer QPS (same recall)")
+    fig.suptitle(f"jann speed matrix, {results['threads']} threads")
+    _common.save_figure(fig, axes[0][-1], path)
+
+
+def _index_kind(index: str) -> int:
+    """Plot order of an index: Flat, IVF-Flat, IVF-SQ, IVF-PQ, graph."""
+    for rank, marker in enumerate((",Flat", ",SQ", ",PQ", "HNSW")):
+        if marker in index:
+            return rank + 1
+    return 0
 
 
 def write_reports(results: dict, json_path: Path) -> str:
