@@ -73,7 +73,8 @@ def as_binary_codes(x, d_bits: int, name: str):
 
 
 def _check_numeric(dtype, name: str):
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or \
+    # jnp.issubdtype knows bfloat16 (an ml_dtypes type numpy does not call floating)
+    if not (jnp.issubdtype(dtype, jnp.floating) or np.issubdtype(dtype, np.integer)) or \
             np.issubdtype(dtype, np.bool_):
         raise InvalidDtypeError(
             f"{name} must hold real numbers (float or integer dtype), got dtype {dtype}")

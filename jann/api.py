@@ -11,6 +11,7 @@ given shapes; see each function for what it does there with bad values.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import operator
 from typing import NamedTuple
@@ -141,10 +142,15 @@ def _to_jax(a):
 def train(index, x, key=None, **kwargs):
     """Train the index on x (n, d) and return the trained index (a no-op for Flat).
 
-    `key` is a `jax.random` key for whatever is random in training (k-means init,
-    sampling); the same key and data give the same index.
+    `key` is a `jax.random` key, or an int seed, for whatever is random in training
+    (k-means init, sampling); the same key and data give the same index.
     """
     _require_index(index, "train")
+    if isinstance(key, (bool, np.bool_)) or not (
+            key is None or isinstance(key, (int, np.integer, jax.Array))):
+        raise InvalidInputError(f"key must be a jax.random key or an int seed, got {key!r}")
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
     x = _as_input(index, x, "training vectors")
     check_finite(x, "training vectors", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
     return index.train(x, key=key, **kwargs)
@@ -178,6 +184,14 @@ def reserve(index, n: int):
 
 
 def add(index, x, ids=None):
+    """Add vectors x (n, d), with user ids (n,) for "IDMap" indexes; returns the new index.
+
+    Outside jit: capacity grows by doubling as needed, the batch is padded to a bucket
+    size, and NaN / inf vectors or (IDMap2) duplicate ids raise, leaving the given index
+    as it was. Inside jit: shapes are static, so an add that does not fit (or has bad
+    rows) is refused as a whole and `index.status` records why; `jann.check(index)`
+    raises for it outside jit. Reserve room first with `jann.reserve`.
+    """
     return _add(index, x, ids, None)
 
 
@@ -198,14 +212,7 @@ def add_preassigned(index, x, lists, ids=None):
 
 
 def _add(index, x, ids, lists):
-    """Add vectors x (n, d), with user ids for "IDMap" indexes; returns the new index.
-
-    Outside jit: capacity grows by doubling as needed, the batch is padded to a bucket
-    size, and NaN / inf vectors or (IDMap2) duplicate ids raise, leaving the given index
-    as it was. Inside jit: shapes are static, so an add that does not fit (or has bad
-    rows) is refused as a whole and `index.status` records why; `jann.check(index)`
-    raises for it outside jit. Reserve room first with `jann.reserve`.
-    """
+    """`add` and `add_preassigned` (lists: the given inverted list of each row, or None)."""
     _require_trained(index, "add")
     x = _as_input(index, x, "x")
     n = x.shape[0]
@@ -266,9 +273,12 @@ def search_program_params(index, params: dict):
     accepted = search_param_names(index)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
+        known = sorted(accepted + ["backend"])
+        meant = [m for name in unknown for m in difflib.get_close_matches(name, known, 1)]
+        hint = f" (did you mean {', '.join(map(repr, meant))}?)" if meant else ""
         raise InvalidInputError(
             f"unknown search parameter{'s' if len(unknown) > 1 else ''} {unknown} for "
-            f"{index.describe()}; it accepts {sorted(accepted + ['backend'])}")
+            f"{index.describe()}{hint}; it accepts {known}")
     static, dynamic = split_search_params(delegated_search_params(index, index.describe(),
                                                                   params))
     static["backend"] = backend

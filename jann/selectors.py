@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann._inputs import as_array, id_dtype
+from jann._inputs import as_array, id_dtype, is_traced
 from jann.errors import InvalidDtypeError, InvalidInputError
 
 __all__ = [
@@ -68,6 +68,8 @@ class IDSelector:
 
 def _integer(x, name):
     a = as_array(x, name)
+    if a.size == 0 and not is_traced(a):  # [] is float64 to numpy, and holds no ids
+        return np.zeros(a.shape, np.int64)
     if not np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_):
         raise InvalidDtypeError(f"{name} must be integers, got {x!r} (dtype {a.dtype})")
     return a
@@ -92,8 +94,12 @@ class IDSelectorRange(IDSelector):
     _children = ("imin", "imax")
 
     def __init__(self, imin, imax):
-        self.imin = jnp.asarray(_integer(imin, "IDSelectorRange imin"), id_dtype())
-        self.imax = jnp.asarray(_integer(imax, "IDSelectorRange imax"), id_dtype())
+        imin, imax = _integer(imin, "IDSelectorRange imin"), _integer(imax, "IDSelectorRange imax")
+        if not is_traced(imin, imax) and np.asarray(imin) > np.asarray(imax):
+            raise InvalidInputError(f"IDSelectorRange needs imin <= imax (it selects "
+                                    f"imin <= id < imax), got imin={imin} > imax={imax}")
+        self.imin = jnp.asarray(imin, id_dtype())
+        self.imax = jnp.asarray(imax, id_dtype())
 
     def __call__(self, ids):
         return (ids >= self.imin) & (ids < self.imax)

@@ -1,5 +1,7 @@
 """Bad input: a clear jann exception naming the problem, and the index left unchanged."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -113,3 +115,37 @@ def test_failed_chunked_add_keeps_the_index(rng, index):
     with pytest.raises(jann.InvalidInputError, match="row 39999"):
         jann.add(index, big)
     _unchanged(index)
+
+
+# --- issue 20: what a newcomer hit -------------------------------------------------------
+def test_search_keyword_typo_says_what_was_meant(rng):
+    xb = rng.standard_normal((300, 4)).astype(np.float32)
+    ivf = jann.add(jann.train(jann.index_factory(4, "IVF4,Flat"), xb), xb)
+    with pytest.raises(jann.InvalidInputError, match="did you mean 'nprobe'"):
+        jann.search(ivf, xb[:2], 3, nprob=2)
+
+
+def test_int_seed_for_train(rng):
+    xb = rng.standard_normal((300, 4)).astype(np.float32)
+    empty = jann.index_factory(4, "IVF4,Flat")
+    by_int = jann.train(empty, xb, key=3)
+    by_key = jann.train(empty, xb, key=jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(by_int.centroids), np.asarray(by_key.centroids))
+    with pytest.raises(jann.InvalidInputError, match="key"):
+        jann.train(empty, xb, key=True)
+
+
+def test_bfloat16_vectors_are_accepted(rng):
+    xb = rng.standard_normal((50, 4)).astype(np.float32)
+    index = jann.add(jann.index_factory(4, "Flat", dtype="bfloat16"),
+                     jnp.asarray(xb, jnp.bfloat16))
+    D, I = jann.search(index, jnp.asarray(xb[:3], jnp.bfloat16), 1)
+    np.testing.assert_array_equal(np.asarray(I)[:, 0], [0, 1, 2])
+
+
+def test_selector_edge_cases():
+    assert int(jann.IDSelectorBatch([]).size) == 0
+    assert not np.asarray(jann.IDSelectorBatch([])(jnp.arange(5))).any()
+    with pytest.raises(jann.InvalidInputError, match="imin.*imax"):
+        jann.IDSelectorRange(200, 100)
+    assert not np.asarray(jann.IDSelectorRange(5, 5)(jnp.arange(10))).any()  # empty is fine
