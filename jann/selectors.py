@@ -95,7 +95,7 @@ class IDSelectorRange(IDSelector):
 
     def __init__(self, imin, imax):
         imin, imax = _integer(imin, "IDSelectorRange imin"), _integer(imax, "IDSelectorRange imax")
-        if not is_traced(imin, imax) and np.asarray(imin) > np.asarray(imax):
+        if not is_traced(imin, imax) and np.any(np.asarray(imin) > np.asarray(imax)):
             raise InvalidInputError(f"IDSelectorRange needs imin <= imax (it selects "
                                     f"imin <= id < imax), got imin={imin} > imax={imax}")
         self.imin = jnp.asarray(imin, id_dtype())

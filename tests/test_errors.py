@@ -149,3 +149,6 @@ def test_selector_edge_cases():
     with pytest.raises(jann.InvalidInputError, match="imin.*imax"):
         jann.IDSelectorRange(200, 100)
     assert not np.asarray(jann.IDSelectorRange(5, 5)(jnp.arange(10))).any()  # empty is fine
+    jann.IDSelectorRange(np.zeros(3, np.int32), np.array([4, 0, 9], np.int32))  # one per query
+    with pytest.raises(jann.InvalidInputError, match="imin.*imax"):
+        jann.IDSelectorRange(np.zeros(3, np.int32), np.array([4, -1, 9], np.int32))
