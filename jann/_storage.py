@@ -17,6 +17,7 @@ import numpy as np
 
 from jann._inputs import id_dtype
 from jann.errors import CapacityOverflowError, DuplicateIdError, InvalidInputError
+from jann.ops.sorting import prefix_sum
 
 # Bits of `index.status`: why the last traced write was refused.
 OVERFLOW = 1
@@ -64,7 +65,7 @@ def append_rows(buffers, count, rows, n_valid, accept):
 def compact_rows(buffers, keep):
     """Keep the rows where `keep`, moved to the front in order; returns (buffers, count)."""
     capacity = keep.shape[0]
-    target = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, capacity)
+    target = jnp.where(keep, prefix_sum(keep, dtype=jnp.int32) - 1, capacity)
     moved = jax.tree.map(
         lambda b: jnp.zeros_like(b).at[target].set(b, mode="drop"), buffers)
     return moved, jnp.sum(keep, dtype=jnp.int32)

@@ -35,6 +35,7 @@ from jann.errors import InvalidInputError
 from jann.index import Index
 from jann.lsh import BinaryCodeStore
 from jann.ops import hamming
+from jann.ops.sorting import prefix_sum
 
 __all__ = ["BinaryFlat", "BinaryIVF"]
 
@@ -185,7 +186,7 @@ class BinaryIVF(_storage.ListedRows, Index):
         keys = jnp.concatenate([self.row_lists(), new_lists.astype(jnp.int32)])
         order = jnp.argsort(keys, stable=True)[: self.capacity]
         counts = jnp.bincount(keys, length=self.nlist + 1)[: self.nlist]
-        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
+        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(counts, dtype=jnp.int32)])
         return dataclasses.replace(
             self, payload=jnp.concatenate([self.payload, codes])[order],
             ids=jnp.concatenate([self.ids, ids.astype(self.ids.dtype)])[order],
@@ -199,7 +200,7 @@ class BinaryIVF(_storage.ListedRows, Index):
         (payload, ids), count = _storage.compact_rows((self.payload, self.ids), keep)
         counts = jnp.bincount(jnp.where(keep, lists, self.nlist), length=self.nlist + 1)
         offsets = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                   jnp.cumsum(counts[: self.nlist], dtype=jnp.int32)])
+                                   prefix_sum(counts[: self.nlist], dtype=jnp.int32)])
         return (dataclasses.replace(self, payload=payload, ids=ids, offsets=offsets,
                                     count=count), jnp.sum(removed, dtype=jnp.int32))
 

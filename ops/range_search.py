@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from .distances import is_similarity, pairwise_scores
 from .knn.xla import map_query_blocks, plan_tiles, scan_tiles
+from .sorting import prefix_sum
 
 __all__ = ["range_scan"]
 
@@ -41,7 +42,7 @@ def range_scan(xq, xb, radius, capacity: int, metric: str, p: float = 2.0, *,
             for mask in (valid_tile, fresh):
                 if mask is not None:
                     hit &= mask[None, :]
-            slot = counts[:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
+            slot = counts[:, None] + prefix_sum(hit, axis=1, dtype=jnp.int32) - 1
             slot = jnp.where(hit, slot, capacity)  # out of range: dropped
             cols = jnp.arange(x_tile.shape[0], dtype=jnp.int32)[None, :] + start
             dist = dist.at[rows_idx, slot].set(scores, mode="drop")

@@ -1,4 +1,5 @@
-"""`bucket_sort`: group the positions of small integer keys by key (FAISS `bucket_sort`).
+"""`bucket_sort`: group the positions of small integer keys by key (FAISS `bucket_sort`);
+`prefix_sum`, the cumulative sum the list offsets and slot counters use.
 
 Used to turn (query, list) pairs into list-major order for IVF scans. A stable argsort is
 the whole algorithm; what this adds is FAISS's (lims, perm) layout, jit-compatible.
@@ -16,7 +17,22 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bucket_sort", "stable_argsort"]
+__all__ = ["bucket_sort", "prefix_sum", "stable_argsort"]
+
+
+def prefix_sum(x, axis: int = -1, dtype=None):
+    """jnp.cumsum(x, axis, dtype) as a log-depth associative scan.
+
+    jnp.cumsum lowers to a reduce_window whose CPU code is slow for long rows (2 threads,
+    int32: 2048 entries 35-57 us against 23-25 us here, 65536 entries 0.46 ms against
+    0.23 ms, 2**20 entries 6.7 ms against 1.5 ms); an IVF search takes two over its
+    nlist lists, an add or removal one over the whole capacity."""
+    x = jnp.asarray(x)
+    x = x.astype(dtype if dtype is not None else
+                 (jnp.int32 if x.dtype == jnp.bool_ else x.dtype))
+    if x.shape[axis] <= 1:
+        return x
+    return jax.lax.associative_scan(jnp.add, x, axis=axis % x.ndim)
 
 
 def stable_argsort(keys, key_bound: int):
@@ -41,5 +57,5 @@ def bucket_sort(values, nbucket: int):
     keyed = jnp.where((values >= 0) & (values < nbucket), values, nbucket)
     perm = stable_argsort(keyed, nbucket + 1)
     counts = jnp.bincount(keyed, length=nbucket + 1)[:nbucket]
-    lims = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts).astype(jnp.int32)])
+    lims = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(counts, dtype=jnp.int32)])
     return lims, perm

@@ -386,3 +386,60 @@ def test_table_and_decoding_scans_agree(data, monkeypatch, description, metric):
     (d_decoded, i_decoded), (d_tables, i_tables) = runs
     np.testing.assert_allclose(d_tables, d_decoded, rtol=1e-4, atol=1e-3)
     assert np.mean(i_tables == i_decoded) > 0.98  # only near-ties may swap
+
+
+@pytest.mark.parametrize("description,metric", [
+    ("IVF32,Flat", "l2"), ("IVF32,Flat", "ip"), ("IVF32,Flat", "cosine"), ("IVF32,SQ8", "l2"),
+    ("IVF32,SQ8", "ip"), ("IVF32,PQ14", "l2")])
+def test_gathered_and_list_major_scans_agree(data, monkeypatch, description, metric):
+    """Small batches scan query-major (`scan_gathered`, lists cut into tiles), large ones
+    list-major (`scan`): both give the same neighbours and distances, with the blocks,
+    chunks and tiles forced small so that queries span several blocks (the running
+    top-k), tiles run past list ends, and with a selector."""
+    from jann import ivf
+    xb, xq, _ = data
+    index = jann.index_factory(xb.shape[1], description, metric=metric)
+    index = jann.add(jann.train(index, xb[:3000], key=jax.random.key(0)), xb[:6000])
+    q = index.prepare(jax.numpy.asarray(xq[:6]))
+    monkeypatch.setattr(ivf, "MIN_GATHER_BLOCK", 16)
+    monkeypatch.setattr(ivf, "MAX_GATHER_BLOCK", 64)
+    monkeypatch.setattr(ivf, "GATHER_TILE_ROWS", 8)
+    monkeypatch.setattr(ivf, "GATHER_CHUNK_BYTES", 4 * xb.shape[1] * 8 * 2)
+    selector = jann.IDSelectorRange(1000, 5000)
+    for nprobe, selected in ((1, None), (8, None), (8, selector)):
+        lists = index.probe(q, nprobe)
+        assert index._gathered_shape(nprobe)["block"] * 8 < nprobe * 6000 / 32
+        ref = index.scan(q, lists, 150, selected)
+        for n in (1, 6):
+            d, i = jax.jit(lambda q, l: index.scan_gathered(q, l, 150, selected))(q[:n], lists[:n])
+            np.testing.assert_allclose(np.asarray(d), np.asarray(ref[0][:n]), rtol=1e-4,
+                                       atol=1e-3)
+            assert np.mean(np.asarray(i) == np.asarray(ref[1][:n])) > 0.98  # near-ties
+            if selected is not None:
+                found = np.asarray(i)[np.asarray(i) >= 0]
+                assert ((found >= 1000) & (found < 5000)).all()
+
+
+def test_small_batches_take_the_gathered_scan(data, monkeypatch):
+    """The plan follows the measured rule: few queries per list (and no PQ look-up
+    tables) scan query-major; the results of jann.search are those of the list-major
+    scan, for one query, a padded bucket, and tiny indexes (fewer rows than a tile)."""
+    from jann import ivf
+    xb, xq, gt = data
+    index = jann.add(_ivf_flat(xb, 64), xb)
+    assert index._gathers(1, 8) and index._gathers(16, 8)
+    assert not index._gathers(4096, 8)
+    taken = []
+    monkeypatch.setattr(ivf.IVFIndex, "scan_gathered", lambda self, *a, **kw: taken.append(
+        a[0].shape) or ivf.IVFIndex.scan(self, *a, **kw))
+    jax.clear_caches()
+    D, I = jann.search(index, xq[:3], K, nprobe=8)
+    assert taken  # the gathered scan was chosen for 3 queries
+    monkeypatch.undo()
+    jax.clear_caches()
+    d, i = jann.search(index, xq[:3], K, nprobe=8)
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(I))
+    np.testing.assert_allclose(np.asarray(d), np.asarray(D), rtol=1e-4, atol=1e-3)
+    tiny = jann.add(_ivf_flat(xb, 4), xb[:10])
+    d, i = jann.search(tiny, xq[:2], 12, nprobe=4)
+    assert sorted(np.asarray(i)[0][:10]) == list(range(10)) and (np.asarray(i)[:, 10:] == -1).all()

@@ -15,6 +15,7 @@ from jann.graph.settings import (
     CPU_QUERY_BLOCK, DEFAULT_EF, DEFAULT_WIDTH, EF_VALUES, ENTRIES, ENTRY_SAMPLE,
     INITIAL_QUERY_BLOCK, MAX_QUERY_BLOCK, SEARCH_BLOCK_BYTES, pow2_floor)
 from jann.ops.knn import map_query_blocks
+from jann.ops.sorting import prefix_sum
 from jann.ops.topk import smallest_k_padded
 
 __all__ = ["GraphSearching"]
@@ -193,7 +194,7 @@ class GraphSearching:
                     # Distances (the gather of the rows' vectors) are what an iteration
                     # costs: only the first `gather` unvisited neighbours get one. The
                     # rest stay unvisited, so a later expansion can still bring them in.
-                    slot = jnp.cumsum(new, 1, dtype=jnp.int32) - 1
+                    slot = prefix_sum(new, 1, dtype=jnp.int32) - 1
                     slot = jnp.where(new & (slot < gather), slot, gather)
                     nb = jnp.full((nq, gather + 1), -1, jnp.int32).at[qi, slot].set(nb)
                     nb = nb[:, :gather]

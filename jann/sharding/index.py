@@ -19,6 +19,7 @@ from jann.flat import FlatIndex
 from jann.index import Index
 from jann.ivf import IVFIndex
 from jann.ops import distances as dist_ops
+from jann.ops.sorting import prefix_sum
 from jann.sharding.kmeans import kmeans_sharded, rows_over_axis, sample_rows
 from jann.sharding.layout import water_fill
 from jann.sharding.merge import merge_results
@@ -239,7 +240,7 @@ class ShardedIndex(Index):
                                     _storage.OVERFLOW, 0)
                 status = _or_reduce(jax.lax.all_gather(status, axis))
             quotas = water_fill(counts, n_valid)
-            start = jnp.cumsum(quotas)[me] - quotas[me]
+            start = prefix_sum(quotas)[me] - quotas[me]
             rows = start + jnp.arange(n)
 
             def mine(a, fill):
@@ -274,7 +275,7 @@ class ShardedIndex(Index):
                 total = jax.lax.psum(local.count, axis)
                 every = jnp.arange(nshards * local.capacity, dtype=local.ids.dtype)
                 gone = sel(every) & (every < total)
-                below = jnp.cumsum(gone, dtype=local.ids.dtype) - gone
+                below = prefix_sum(gone, dtype=local.ids.dtype) - gone
                 live = new.live()
                 shift = below[jnp.clip(new.ids, 0, every.shape[0] - 1)]
                 # A monotone renumbering keeps a Flat shard's id order (its direct map).

@@ -14,6 +14,7 @@ from jann.errors import InvalidInputError
 from jann.kmeans import KMeansResult, assign as kmeans_assign, check_training_points
 from jann.kmeans import iterate, update_centroids
 from jann.ops import distances as dist_ops
+from jann.ops.sorting import prefix_sum
 from jann.sharding.mesh import all_local, check_mesh, smap
 
 
@@ -103,7 +104,7 @@ def kmeans_sharded(x, k: int, mesh: Mesh, *, axis: str | None = None, key, niter
         # The k initial centroids: the points ranked `wanted` among all valid points.
         before = jnp.sum(jnp.where(jnp.arange(nshards) < me,
                                    jax.lax.all_gather(jnp.sum(valid), axis), 0))
-        rank = before + jnp.cumsum(valid) - 1
+        rank = before + prefix_sum(valid) - 1
         hit = valid[None, :] & (rank[None, :] == wanted[:, None])          # (k, rows)
         init = jax.lax.psum(jnp.dot(hit.astype(jnp.float32), x_local,
                                     precision=jax.lax.Precision.HIGHEST), axis)

@@ -16,6 +16,7 @@ from jann import graph as graph_lib
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex
+from jann.ops.sorting import prefix_sum
 from jann.sharding.mesh import local_shard, restack
 
 
@@ -37,7 +38,7 @@ def water_fill(counts, n):
     level, _ = jax.lax.fori_loop(0, 32, bisect, (jnp.min(counts), jnp.max(counts) + n))
     base = jnp.maximum(level - 1 - counts, 0)
     at_level = counts <= level - 1
-    extra = at_level & (jnp.cumsum(at_level) <= n - jnp.sum(base))
+    extra = at_level & (prefix_sum(at_level) <= n - jnp.sum(base))
     return base + extra.astype(jnp.int32)
 
 
@@ -60,7 +61,7 @@ def _with_rows(template, rows, lists, count, capacity):
         return index.grown(capacity)  # recomputes the direct map for these rows
     payload, norms, ids = rows
     sizes = jnp.bincount(lists, length=template.nlist + 1)[: template.nlist]
-    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(sizes, dtype=jnp.int32)])
+    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(sizes, dtype=jnp.int32)])
     return dataclasses.replace(template, payload=payload, norms=norms, ids=ids,
                                offsets=offsets, count=count,
                                status=jnp.zeros((), jnp.int32))
