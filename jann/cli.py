@@ -150,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="k values compiled at start (repeatable; default: 10)")
     serve.add_argument("--param", dest="warm_params", type=_param, action="append",
                        metavar="NAME=VALUE",
-                       help="search parameter compiled at start, e.g. nprobe=16 "
-                            "(repeatable); requests may use others")
+                       help="search parameter of the requests that do not name it, "
+                            "compiled at start, e.g. nprobe=16 (repeatable); requests may "
+                            "name others")
     serve.add_argument("--max-k", type=_positive_int,
                        help="largest k a request may ask for (default: 1024)")
     serve.add_argument("--max-queries", type=_positive_int, metavar="N",

@@ -94,6 +94,22 @@ def test_search_equals_library(ivf, ivf_server, fmnist):
         assert D.shape == I.shape == (0, 5)
 
 
+def test_serve_param_is_the_default_of_requests(ivf, ivf_server, fmnist):
+    """`jann serve --param nprobe=4`: a request that names no nprobe searches with 4 (as
+    users read the flag), compiling nothing new; one that names it overrides."""
+    index, _ = ivf
+    xq = fmnist["queries"][:20]
+    with ivf_server.client() as client:
+        compiles = client.stats()["compiled"]["request_compiles"]
+        D, I = client.search(xq, 10)
+        ref_d, ref_i = jann.search(index, xq, 10, nprobe=4)
+        np.testing.assert_array_equal(I, np.asarray(ref_i))
+        np.testing.assert_array_equal(D, np.asarray(ref_d))
+        assert client.stats()["compiled"]["request_compiles"] == compiles
+        _, I1 = client.search(xq, 10, nprobe=1)
+        np.testing.assert_array_equal(I1, np.asarray(jann.search(index, xq, 10, nprobe=1)[1]))
+
+
 def test_filtered_search_equals_library(ivf, ivf_server, fmnist):
     index, _ = ivf
     xq = fmnist["queries"][:20]

@@ -30,7 +30,8 @@ Design:
   most `max_batch` rows. jann.search pads batches to QUERY_BUCKETS; every bucket up to
   `max_batch` is compiled ("warmed") for the configured k values and parameters before
   the server accepts connections and before any new index version is swapped in, so no
-  request pays compilation. Other k / parameters / filters compile once on first use
+  request pays compilation; those parameters are also the defaults of the requests that
+  do not name them. Other k / parameters / filters compile once on first use
   (`request_compiles` in /stats counts compilations that happened while serving).
   `batching=False` answers each request with its own search (the baseline of
   benchmarks/serve_load.py).

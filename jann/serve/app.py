@@ -51,7 +51,8 @@ async def _search(service: SearchService, request) -> JSONResponse:
     if not isinstance(params, dict):
         raise InvalidInputError("params must be an object of search parameters")
     selector = parse_selector(body_field(body, "filter", None))
-    params = check_params(params)
+    # `jann serve --param` values are the defaults of the requests that do not name them
+    params = {**dict(config.warm_params), **check_params(params)}
     if xq.shape[0]:
         D, I, state = await service.search(xq, k, params, selector)
     else:                                         # nothing to search (and nothing to compile)

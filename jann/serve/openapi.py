@@ -44,7 +44,9 @@ def openapi_document(service: SearchService) -> dict:
             "k": {"type": "integer", "minimum": 1, "maximum": service.config.max_k,
                   "default": 10},
             "params": {"type": "object", "description": "search-time keyword arguments of "
-                       "jann.search, e.g. {\"nprobe\": 16}",
+                       "jann.search, e.g. {\"nprobe\": 16}; those not given are the "
+                       "server's (jann serve --param), else jann.search's defaults",
+                       "default": dict(service.config.warm_params),
                        "additionalProperties": {"type": ["number", "string", "boolean"]}},
             "filter": {"description": "only return these ids (jann.IDSelectorBatch) or ids "
                        "in [imin, imax) (jann.IDSelectorRange)", "oneOf": [
