@@ -24,9 +24,14 @@ Search order: list-major. The (query, probed list) pairs are grouped by list
 one list, decodes the list's first `Lc` rows and computes the (Qc, Lc) score block with
 one matmul (float32 accumulation). A list is thus read once per query batch instead of
 once per query, and the scan is BLAS-sized work. With one query per group (Qc = 1) this
-is the query-major order, used for small batches. The loop runs a data-dependent number
+is the query-major order. The loop runs a data-dependent number
 of steps (`lax.while_loop`) of `ITEMS_PER_STEP` items each, so the work follows the
 lists actually probed, not a padded maximum, inside jit too.
+
+Small batches (few queries per probed list, `_gathers`) take `scan_gathered` instead:
+query-major, each query's probed lists cut into tiles of 16 contiguous rows gathered back
+to back, so a query reads its lists and nothing else (no per-list row chunk to pad, no
+list-major bookkeeping); 1.3-2.2x faster than the list-major scan at 1-16 queries.
 
 Selection: a pair's first-chunk scores are kept whole (no per-pair top-k: XLA's CPU
 top_k costs ~0.8 us per row whatever its length, more than the matmul of a short row);
