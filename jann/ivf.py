@@ -110,14 +110,17 @@ MAX_TABLE_QUERY_GROUP = 4
 SCAN_QUERY_BLOCK = 2048
 # Few queries per list (`_gathers`): each query's probed lists are cut into tiles of
 # GATHER_TILE_ROWS rows, scored in blocks of 2**n tiles (MIN_GATHER_BLOCK..MAX_GATHER_BLOCK
-# rows), a chunk at a time (a mean query's tiles in GATHER_CHUNKS chunks, each at most
-# GATHER_CHUNK_BYTES of decoded rows per query), GATHER_QUERY_GROUP queries at a time
-# (2 beat 1 and 4 on sift-textures at 16 queries; tiles of 8, 16 and 32 rows were alike).
+# rows), a chunk at a time (a mean query's tiles in GATHER_CHUNKS chunks of at least
+# MIN_GATHER_CHUNK rows, each at most GATHER_CHUNK_BYTES of decoded rows per query),
+# GATHER_QUERY_GROUP queries at a time (2 beat 1 and 4 on sift-textures at 16 queries;
+# tiles of 8, 16 and 32 rows were alike).
 MIN_GATHER_BLOCK, MAX_GATHER_BLOCK = 256, 16384
+MIN_GATHER_CHUNK = 256
 GATHER_CHUNK_BYTES = 1 << 20
 GATHER_TILE_ROWS = 16
 GATHER_CHUNKS = 2
 GATHER_QUERY_GROUP = 2
+GATHER_MAX_SINGLE_LIST_QUERIES = 256
 GATHER_MAX_SHARING, GATHER_MAX_SHARING_WIDE, GATHER_WIDE_D = 2.0, 0.25, 512
 # Queries of a padded batch are assigned to lists in blocks of this many rows, so that
 # the blocks past the real rows are skipped (10000 queries padded to 16384).
@@ -569,8 +572,8 @@ class IVFIndex(_storage.ListedRows, Index):
     def _gathers(self, nq: int, npb: int) -> bool:
         """Whether `scan_gathered` serves nq queries probing npb lists each: when few
         queries probe each list on average (the list-major scan reads a list once for
-        all of them) and the codes are not scored by look-up tables (product codes of
-        small batches, `_uses_tables`).
+        all of them); for codes scored by look-up tables (product codes of small
+        batches, `_uses_tables`) only single queries.
 
         Measured (2 threads, scan alone, gathered vs list-major; nq x nprobe / nlist =
         sharing): sift-textures IVF2048,Flat (128-d), nprobe 45: 1.3x faster at one
@@ -578,11 +581,24 @@ class IVFIndex(_storage.ListedRows, Index):
         debian-minilm IVF1024,Flat (384-d), nprobe 91: 2.2x at one query, 1.7x at 16
         (2), 1.0x at 32 (4); Fashion-MNIST IVF1024,Flat (784-d), nprobe 8: 1.4x at one
         query, 1.2x at 16 (0.12), but 0.8x at 64 (0.5) and 0.7x at 128 (1): wide rows
-        take the gathered scan only for the smallest batches."""
+        take the gathered scan only for the smallest batches. Product codes by tables
+        (one table per probe for l2 by residual): sift-textures IVF2048,PQ16, nprobe 11,
+        and debian-minilm IVF1024,PQ48, nprobe 6: 1.6x and 1.45x at one query; at 16-64
+        queries 0.8-1.26x, no gain to count on.
+
+        One list (the flat-coded "SQ8", "PQ16", ...): the list-major scan runs the list's
+        row chunks one after another for every query group, so the gathered scan is
+        taken up to GATHER_MAX_SINGLE_LIST_QUERIES queries. sift-textures 200k, scan ms
+        list-major / gathered (faiss-cpu's whole search): SQ8 at 1, 16, 256, 1024
+        queries 38 / 4.1 (2.6), 478 / 51 (21), 3754 / 762 (326), 3673 / 3118 (1306);
+        PQ16 87 / 4.5 (1.5), 629 / 73 (12), 4040 / 1236 (191), 3958 / 5172 (766)."""
+        if self.nlist == 1:
+            return nq <= GATHER_MAX_SINGLE_LIST_QUERIES
+        if self._uses_tables(self._scan_shape(nq, npb, 1)["query_group"]):
+            return nq == 1
         sharing = nq * npb / self.nlist
         limit = GATHER_MAX_SHARING if self.d <= GATHER_WIDE_D else GATHER_MAX_SHARING_WIDE
-        return sharing <= limit and not self._uses_tables(
-            self._scan_shape(nq, npb, 1)["query_group"])
+        return sharing <= limit
 
     def _gathered_shape(self, npb: int) -> dict:
         """Static shape of `scan_gathered`: tiles of `tile` rows; each query's tiles are
@@ -593,7 +609,8 @@ class IVFIndex(_storage.ListedRows, Index):
         mean_tiles = npb * (self.capacity / self.nlist / tile + 0.5)
         block = 1 << int(np.ceil(np.log2(max(1.5 * mean_tiles, 1.0))))
         block = int(np.clip(block, MIN_GATHER_BLOCK // tile, MAX_GATHER_BLOCK // tile))
-        chunk = min(GATHER_CHUNK_BYTES // (4 * self.d * tile), mean_tiles / GATHER_CHUNKS)
+        chunk = min(GATHER_CHUNK_BYTES // (4 * self.d * tile),
+                    max(mean_tiles / GATHER_CHUNKS, MIN_GATHER_CHUNK // tile))
         chunk = 1 << max(0, int(max(chunk, 1)).bit_length() - 1)
         return dict(tile=tile, block=block, chunk=int(min(block, chunk)))
 
@@ -601,7 +618,7 @@ class IVFIndex(_storage.ListedRows, Index):
         """`scan` for few queries per list: query-major, each query's probed lists cut
         into tiles of contiguous rows, gathered back to back (a query reads its lists
         and nothing else; no list-major bookkeeping, and only the last tile of a list
-        is padded).
+        is padded). Product codes are scored by look-up tables, others decoded.
 
         Tile positions 0.. run over the query's probed lists in probe order; they are
         scored a chunk at a time into a block of scores, whose k best are merged into
@@ -645,11 +662,38 @@ class IVFIndex(_storage.ListedRows, Index):
             rows = moved[..., None] + jnp.arange(tile, dtype=jnp.int32)
             return moved, rows, (rows >= start[..., None]) & (rows < stop[..., None])
 
+        decode = self.codec.kernel_decode()
+        by_tables = decode is not None and decode.kind == "pq"
+
+        def group_tables(qv, probe_q):
+            """Product codes are scored by look-up (FAISS's ADC): inner-product tables
+            (G, [npb,] M, ksub) of each probe's residual query for l2 by residual (one
+            table per probe), of the query otherwise."""
+            if self.by_residual and self.metric == "l2":
+                t = decode.ip_tables(probe_q.reshape(-1, self.d))
+                return t.reshape((group, npb) + t.shape[1:])
+            return decode.ip_tables(qv)
+
+        def looked_up_dots(tables, codes, probe):
+            """(G, C, tile) inner products of the rows' codes (G * C, tile, code_size) with
+            the tables of their query (and probe)."""
+            m_sub = tables.shape[-2]
+            sub = unpack_codes(codes.reshape(-1, codes.shape[-1]), m_sub, decode.nbits)
+            sub = sub.reshape(group, chunk, tile, m_sub)
+            g = groups[:, :, None, None]
+            m = jnp.arange(m_sub)[None, None, None, :]
+            if tables.ndim == 4:
+                picked = tables[g, probe[:, :, None, None], m, sub]
+            else:
+                picked = tables[g, m, sub]
+            return jnp.sum(picked, axis=-1)
+
         def one_group(args):
             """Scores of the first block of tiles of a group of queries, and the k best
             of the tiles past it (queries that probe more than `block` tiles)."""
             qv, first_row, sizes, ends, first_tile, total, probe_q, probe_bias = args
             layout = (first_row, sizes, first_tile)
+            tables = group_tables(qv, probe_q) if by_tables else None
 
             def chunk_probes(first):
                 """Probe of tiles first.. first + chunk - 1: it steps up at each list's
@@ -671,20 +715,27 @@ class IVFIndex(_storage.ListedRows, Index):
                 # contiguous tiles: slices copy 2x faster than a gather of single rows
                 codes = jax.vmap(lambda r: jax.lax.dynamic_slice_in_dim(
                     self.payload, r, tile))(moved.reshape(-1))
-                y = self.codec.decode(codes.reshape((-1,) + codes.shape[2:])).reshape(
-                    group, chunk, tile, self.d)
                 norms = jax.vmap(lambda r: jax.lax.dynamic_slice_in_dim(
                     self.norms, r, tile))(moved.reshape(-1)).reshape(group, chunk, tile)
+                if by_tables:
+                    dots = looked_up_dots(tables, codes, probe)
+                else:
+                    y = self.codec.decode(codes.reshape((-1,) + codes.shape[2:])).reshape(
+                        group, chunk, tile, self.d)
                 if self.by_residual and self.metric == "l2":
-                    pq = jnp.take_along_axis(probe_q, probe[..., None], 1)
+                    if not by_tables:
+                        pq = jnp.take_along_axis(probe_q, probe[..., None], 1)
+                        dots = jnp.einsum("gctd,gcd->gct", y, pq)
                     s = jnp.take_along_axis(probe_bias, probe, 1)[..., None] + norms \
-                        - 2.0 * jnp.einsum("gctd,gcd->gct", y, pq)
+                        - 2.0 * dots
                     s = jnp.maximum(s, 0.0)
                 elif self.metric == "l2":
+                    if not by_tables:
+                        dots = jnp.einsum("gctd,gd->gct", y, qv)
                     s = jnp.maximum(dist_ops.squared_norms(qv)[:, None, None] + norms
-                                    - 2.0 * jnp.einsum("gctd,gd->gct", y, qv), 0.0)
+                                    - 2.0 * dots, 0.0)
                 else:
-                    s = -jnp.einsum("gctd,gd->gct", y, qv)
+                    s = -(dots if by_tables else jnp.einsum("gctd,gd->gct", y, qv))
                     if self.by_residual:
                         s = s - jnp.take_along_axis(probe_bias, probe, 1)[..., None]
                 if selector is not None:

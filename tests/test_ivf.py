@@ -390,7 +390,7 @@ def test_table_and_decoding_scans_agree(data, monkeypatch, description, metric):
 
 @pytest.mark.parametrize("description,metric", [
     ("IVF32,Flat", "l2"), ("IVF32,Flat", "ip"), ("IVF32,Flat", "cosine"), ("IVF32,SQ8", "l2"),
-    ("IVF32,SQ8", "ip"), ("IVF32,PQ14", "l2")])
+    ("IVF32,SQ8", "ip"), ("IVF32,PQ14", "l2"), ("IVF32,PQ14", "ip"), ("IVF32,PQ14x4", "l2")])
 def test_gathered_and_list_major_scans_agree(data, monkeypatch, description, metric):
     """Small batches scan query-major (`scan_gathered`, lists cut into tiles), large ones
     list-major (`scan`): both give the same neighbours and distances, with the blocks,
@@ -429,6 +429,10 @@ def test_small_batches_take_the_gathered_scan(data, monkeypatch):
     index = jann.add(_ivf_flat(xb, 64), xb)
     assert index._gathers(1, 8) and index._gathers(16, 8)
     assert not index._gathers(4096, 8)
+    pq = jann.train(jann.index_factory(xb.shape[1], "IVF64,PQ14"), xb[:3000])
+    assert pq._gathers(1, 8) and not pq._gathers(16, 8)  # look-up tables: single queries
+    flat_coded = jann.train(jann.index_factory(xb.shape[1], "PQ14"), xb[:3000])
+    assert flat_coded._gathers(16, 1) and not flat_coded._gathers(4096, 1)
     taken = []
     monkeypatch.setattr(ivf.IVFIndex, "scan_gathered", lambda self, *a, **kw: taken.append(
         a[0].shape) or ivf.IVFIndex.scan(self, *a, **kw))
@@ -443,3 +447,19 @@ def test_small_batches_take_the_gathered_scan(data, monkeypatch):
     tiny = jann.add(_ivf_flat(xb, 4), xb[:10])
     d, i = jann.search(tiny, xq[:2], 12, nprobe=4)
     assert sorted(np.asarray(i)[0][:10]) == list(range(10)) and (np.asarray(i)[:, 10:] == -1).all()
+
+
+@pytest.mark.parametrize("description", ["SQ8", "PQ14"])
+def test_flat_coded_small_batches_equal_the_list_major_scan(data, monkeypatch, description):
+    """A flat-coded index (one list) scans small batches query-major: the same results
+    as the list-major scan of its one list."""
+    from jann import ivf
+    xb, xq, _ = data
+    index = jann.add(jann.train(jann.index_factory(xb.shape[1], description), xb[:3000],
+                                key=jax.random.key(0)), xb[:5000])
+    D, I = jann.search(index, xq[:16], K)
+    monkeypatch.setattr(ivf.IVFIndex, "_gathers", lambda self, nq, npb: False)
+    jax.clear_caches()
+    d, i = jann.search(index, xq[:16], K)
+    np.testing.assert_allclose(np.asarray(D), np.asarray(d), rtol=1e-4, atol=1e-3)
+    assert np.mean(np.asarray(I) == np.asarray(i)) > 0.98  # only near-ties may swap
