@@ -603,8 +603,9 @@ class IVFIndex(_storage.ListedRows, Index):
     def _gathered_shape(self, npb: int) -> dict:
         """Static shape of `scan_gathered`: tiles of `tile` rows; each query's tiles are
         scored in blocks of `block` tiles (the power of two at or above 1.5x the mean
-        number a query probes, so that most queries need one block), `chunk` tiles (at
-        most GATHER_CHUNK_BYTES of decoded rows per query) at a time."""
+        number a query probes, so that most queries need one block), `chunk` tiles at a
+        time (half a mean query's, at least MIN_GATHER_CHUNK rows, at most
+        GATHER_CHUNK_BYTES of decoded rows per query)."""
         tile = int(GATHER_TILE_ROWS)
         mean_tiles = npb * (self.capacity / self.nlist / tile + 0.5)
         block = 1 << int(np.ceil(np.log2(max(1.5 * mean_tiles, 1.0))))

@@ -26,7 +26,7 @@ def prefix_sum(x, axis: int = -1, dtype=None):
     jnp.cumsum lowers to a reduce_window whose CPU code is slow for long rows (2 threads,
     int32: 2048 entries 35-57 us against 23-25 us here, 65536 entries 0.46 ms against
     0.23 ms, 2**20 entries 6.7 ms against 1.5 ms); an IVF search takes two over its
-    nlist lists, an add or removal one over the whole capacity."""
+    nlist lists, a removal one over the whole capacity."""
     x = jnp.asarray(x)
     x = x.astype(dtype if dtype is not None else
                  (jnp.int32 if x.dtype == jnp.bool_ else x.dtype))
