@@ -148,7 +148,7 @@ def _engine_result(build: dict, ids: np.ndarray, search: dict, data: dict, k: in
 # ------------------------------------------------------------------------------ memory
 def memory_child(args) -> dict:
     """One library on random (n, d) data, in this (fresh) process: phases with RSS."""
-    from jann.api import QUERY_BUCKETS
+    from jann.batching import QUERY_BUCKETS
     engine = make_engine(args.memory_child)
     rng = np.random.default_rng(args.seed)
     n, d, nq, k = args.memory_n, args.memory_d, args.memory_nq, args.k

@@ -13,9 +13,10 @@ from jann import config, ops, quantizers, transforms
 from jann._pytree import pytree_dataclass, static
 from jann.index import Index
 from jann.api import (
-    RangeResult, add, add_preassigned, check, merge_from, ntotal, range_search,
-    range_search_padded, reconstruct, reconstruct_n, remove_ids, reserve, search,
-    search_preassigned, shrink_to_fit, stack, train)
+    add, add_preassigned, check, ntotal, reconstruct, reconstruct_n, remove_ids, reserve,
+    search, shrink_to_fit, stack, train)
+from jann.ranges import RangeResult, range_search, range_search_padded
+from jann.inverted import merge_from, search_preassigned
 from jann.compose import PreTransformIndex, RefineIndex
 from jann.ivf import IVFIndex
 from jann.lsh import BinaryCodeStore, LSHTransform

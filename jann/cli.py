@@ -77,7 +77,7 @@ def _param(text: str) -> tuple[str, object]:
 
 def _parser() -> argparse.ArgumentParser:
     from jann import __version__
-    from jann.api import QUERY_BUCKETS
+    from jann.batching import QUERY_BUCKETS
 
     parser = argparse.ArgumentParser(
         prog="jann", description="jann: JAX-native vector search.")

@@ -148,3 +148,14 @@ def test_every_package_is_installed():
                  ["packages"])
     packages = {name for name, path in _modules().items() if path.name == "__init__.py"}
     assert packages <= listed, f"add to pyproject.toml packages: {sorted(packages - listed)}"
+
+
+MAX_MODULE_LINES = 520
+
+
+def test_no_module_is_too_long_to_read():
+    """A module holds one responsibility; one past ~500 lines holds several (split it into
+    a package whose file names say what is inside, as jann/ivf/ and jann/graph/)."""
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jann.api import QUERY_BUCKETS, query_buckets
+from jann.batching import QUERY_BUCKETS, query_buckets
 from jann.errors import InvalidInputError
 from jann.ops.topk import check_k
 from jann.serve.requests import check_params

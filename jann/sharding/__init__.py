@@ -41,7 +41,7 @@ Build. `jann.train` of a sharded IVF index runs the coarse k-means with `kmeans_
 sums and counts are reduced across devices with `psum`, so the training vectors stay
 where they are (only the k initial centroids and a sample of at most `CODEC_SAMPLE` rows
 for the codec are collected). `jann.add` gives each vector to one device: the add chunk
-(at most 16384 rows, `jann.api.ADD_BUCKETS`) is broadcast to the devices of the axis and
+(at most 16384 rows, `jann.batching.ADD_BUCKETS`) is broadcast to the devices of the axis and
 each stores only the rows it owns (an all-to-all would move less; a chunk is small).
 
 Checkpoints. `jann.save` writes each device's shards from the process that holds them
