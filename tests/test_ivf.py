@@ -35,7 +35,7 @@ FAISS_EQUIVALENT = {"Residual64,PQ14": ("IVF64,PQ14", {"nprobe": 64})}
 # Training sets are kept small (and the same for both libraries) so the suite stays fast.
 N_TRAIN = 5000
 # OPQ rotation rounds, both libraries (default 50: 15 s of jann's and 25 s of faiss's
-# training on one core, for the same recall within 0.01 at 10 rounds).
+# training on one core). Recall@10 jann / faiss: 0.711 / 0.704 at 10, 0.724 / 0.726 at 50.
 OPQ_NITER = 10
 
 
