@@ -458,17 +458,31 @@ def test_small_batches_take_the_gathered_scan(data, monkeypatch):
     assert sorted(np.asarray(i)[0][:10]) == list(range(10)) and (np.asarray(i)[:, 10:] == -1).all()
 
 
-@pytest.mark.parametrize("description", ["SQ8", "PQ14"])
-def test_flat_coded_small_batches_equal_the_list_major_scan(data, monkeypatch, description):
-    """A flat-coded index (one list) scans small batches query-major: the same results
-    as the list-major scan of its one list."""
-    from jann.ivf import gathered
+@pytest.mark.parametrize("description,metric", [
+    ("SQ8", "l2"), ("PQ14", "l2"), ("SQ8", "ip"), ("PQ14x4", "cosine")])
+def test_flat_coded_scans_agree(data, monkeypatch, description, metric):
+    """A flat-coded index (one list) scans batches as a tiled brute force (`one_list`:
+    each tile decoded once for all queries) and single queries gathered: both give the
+    list-major scan's results, with a selector, over several query blocks of a padded
+    batch (70 queries padded to 256, blocks of 32)."""
+    from jann.ivf import gathered, one_list
     xb, xq, _ = data
-    index = jann.add(jann.train(jann.index_factory(xb.shape[1], description), xb[:3000],
-                                key=jax.random.key(0)), xb[:5000])
-    D, I = jann.search(index, xq[:16], K)
-    monkeypatch.setattr(gathered, "gathers", lambda index, nq, npb: False)
-    jax.clear_caches()
-    d, i = jann.search(index, xq[:16], K)
-    np.testing.assert_allclose(np.asarray(D), np.asarray(d), rtol=1e-4, atol=1e-3)
-    assert np.mean(np.asarray(I) == np.asarray(i)) > 0.98  # only near-ties may swap
+    index = jann.index_factory(xb.shape[1], description, metric=metric)
+    index = jann.add(jann.train(index, xb[:3000], key=jax.random.key(0)), xb[:5000])
+    assert one_list.scans_one_list(index, 16) and not one_list.scans_one_list(index, 1)
+    assert not one_list.scans_one_list(_ivf_flat(xb[:3000], 16), 16)
+    selector = jann.IDSelectorRange(1000, 4000)
+    monkeypatch.setattr(one_list, "QUERY_BLOCK", 32)
+    runs = {}
+    for name, tiled, gathers in (("tiled", True, False), ("gathered", False, True),
+                                 ("list-major", False, False)):
+        monkeypatch.setattr(one_list, "scans_one_list", lambda ix, nq, on=tiled: on)
+        monkeypatch.setattr(gathered, "gathers", lambda ix, nq, npb, on=gathers: on)
+        jax.clear_caches()
+        runs[name] = [np.asarray(a) for a in jann.search(index, xq[:70], K, selector=selector)]
+    d_ref, i_ref = runs["list-major"]
+    assert ((i_ref >= 1000) & (i_ref < 4000)).all()
+    for name in ("tiled", "gathered"):
+        d, i = runs[name]
+        np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-3, err_msg=name)
+        assert np.mean(i == i_ref) > 0.98, name  # only near-ties may swap

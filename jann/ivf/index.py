@@ -21,7 +21,8 @@ exact memory and because search reads each list as one contiguous run.
 
 Search: `probe` picks each query's nprobe nearest lists; the lists are scanned list-major
 (`jann.ivf.list_major`: one read of a list serves every query probing it; large batches
-and range search) or, for few queries per list, query-major (`jann.ivf.gathered`).
+and range search) or, for few queries per list, query-major (`jann.ivf.gathered`); a
+flat-coded index's one list as a tiled brute force (`jann.ivf.one_list`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex, build, emptied
 from jann.index import Index
-from jann.ivf import gathered, list_major
+from jann.ivf import gathered, list_major, one_list
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops.ivf_scan import ivf_search
@@ -319,6 +320,8 @@ class IVFIndex(_storage.ListedRows, Index):
             lists = jnp.where(real, lists, self.nlist)
 
         def xla_scan(q, lists):
+            if one_list.scans_one_list(self, q.shape[0]):
+                return one_list.scan_one_list(self, q, k, selector, n_queries)
             if gathered.gathers(self, q.shape[0], lists.shape[1]):
                 return gathered.scan_gathered(self, q, lists, k, selector)
             return list_major.scan_in_blocks(self, q, lists, k, selector, n_queries)

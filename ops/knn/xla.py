@@ -130,7 +130,7 @@ def map_query_blocks(fn, xq, query_block, n_rows=None):
 
 
 def running_top_k(q, row_arrays, tile: int, query_block: int, k: int, keyed_tile, *,
-                  n_rows=None):
+                  n_rows=None, prepare_tile=None):
     """Each query's k smallest keys over the database rows: the streaming loop shared by
     every exact search.
 
@@ -139,8 +139,10 @@ def running_top_k(q, row_arrays, tile: int, query_block: int, k: int, keyed_tile
     (nq, ...) or a pytree of arrays with nq rows; row_arrays: per-row database arrays (N,
     ...) or None. `keyed_tile(q_block, *tiles)` gives the (query_block, tile) keys of one
     tile (+inf for rows that may not be returned, NaN-free), or (scores, bias): keys
-    scores + bias with bias (tile,), left unsummed so the selection fuses it. Returns
-    (keys, rows) (nq, k), ascending, +inf / -1 where fewer than k rows qualify.
+    scores + bias with bias (tile,), left unsummed so the selection fuses it.
+    prepare_tile(*tiles) -> tiles, if given, runs once per tile before its query blocks
+    (decoding a tile of codes once for every query). Returns (keys, rows) (nq, k),
+    ascending, +inf / -1 where fewer than k rows qualify.
     """
     nq = jax.tree.leaves(q)[0].shape[0]
     n = next(a for a in row_arrays if a is not None).shape[0]
@@ -158,6 +160,9 @@ def running_top_k(q, row_arrays, tile: int, query_block: int, k: int, keyed_tile
             return merge_smallest(values, rows, best, cols + start, k)
 
     def tile_step(carry, start, fresh, *tiles):
+        if prepare_tile is not None:
+            tiles = prepare_tile(*tiles)
+
         def block_step(j, carry):
             # The last block ends at row nq, overlapping its predecessor, whose rows keep
             # what they had (merging a tile twice would duplicate its entries).
