@@ -77,8 +77,8 @@ def bench_codec(data: dict, codec: str, args, faiss, jax, jann) -> dict:
         return ref.search(q, K)
 
     xq = data["xq"]
-    recall = {"jann": _common.recall_at_k(np.asarray(ours(xq[:1000])[1]), data["gt"], K),
-              "faiss": _common.recall_at_k(theirs(xq[:1000])[1], data["gt"], K)}
+    recall = {"jann": _common.recall_at_k(np.asarray(ours(xq[:1000])[1]), data["gt"][:1000], K),
+              "faiss": _common.recall_at_k(theirs(xq[:1000])[1], data["gt"][:1000], K)}
     out = {"spec": spec, "recall@10": recall, "batches": {}}
     for batch in args.batches:
         n = min(len(xq), max(batch, args.min_queries if batch <= 16 else batch))
