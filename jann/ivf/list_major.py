@@ -64,9 +64,9 @@ MAX_SCAN_BYTES = 512 << 20
 # Product-quantizer codes are scored by look-up tables when a work item has at most this
 # many queries, decoded and multiplied otherwise (`uses_tables`).
 MAX_TABLE_QUERY_GROUP = 4
-# The scan takes queries in blocks of at most this many, so that the blocks of a padded batch past
-# its real queries are skipped, and the candidate buffers of 10k queries (each page of
-# them faulted in afresh per call) are not made for 16384.
+# The scan takes queries in blocks of at most this many, so that the blocks of a padded
+# batch past its real queries are skipped, and the candidate buffers of 10k queries (each
+# page of them faulted in afresh per call) are not made for 16384.
 SCAN_QUERY_BLOCK = 2048
 
 
