@@ -9,12 +9,43 @@ are pure functions that work inside your own `jax.jit` code.
     D, I = jann.search(index, xq, k=10)
 """
 
+
+
+def _map_ops_of_the_source_tree() -> None:
+    """A checkout keeps `jann.ops` in ops/ beside jann/ (pyproject's package-dir; the
+    wheel installs it as jann/ops). When this `jann` is a checkout's (python run from the
+    repository root) and nothing maps `jann.ops` (no editable install), map it here, so
+    the source tree imports as the wheel does."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    ops_dir = root / "ops"
+    if "jann.ops" in sys.modules or not (ops_dir / "__init__.py").is_file():
+        return
+    try:
+        if 'name = "jann"' not in (root / "pyproject.toml").read_text():
+            return
+    except OSError:
+        return
+    if importlib.util.find_spec("jann.ops") is not None:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "jann.ops", ops_dir / "__init__.py", submodule_search_locations=[str(ops_dir)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["jann.ops"] = module
+    spec.loader.exec_module(module)
+
+
+_map_ops_of_the_source_tree()
+
 from jann import config, ops, quantizers, transforms
 from jann._pytree import pytree_dataclass, static
 from jann.index import Index
 from jann.api import (
-    add, add_preassigned, check, ntotal, reconstruct, reconstruct_n, remove_ids, reserve,
-    search, shrink_to_fit, stack, train)
+    add, add_preassigned, check, clear_status, ntotal, reconstruct, reconstruct_n,
+    remove_ids, reserve, search, shrink_to_fit, stack, train)
 from jann.ranges import RangeResult, range_search, range_search_padded
 from jann.inverted import merge_from, search_preassigned
 from jann.compose import PreTransformIndex, RefineIndex
@@ -53,8 +84,8 @@ __all__ = [
     "IDSelectorArray", "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot",
     "IDSelectorOr", "IDSelectorRange", "IDSelectorXOr", "IdNotFoundError",
     "InvalidDtypeError", "InvalidInputError", "JannError", "NotTrainedError", "RangeResult",
-    "UnknownMetricError", "add", "bucket_sort", "check", "deserialize", "index_factory",
-    "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
+    "UnknownMetricError", "add", "bucket_sort", "check", "clear_status", "deserialize",
+    "index_factory", "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
     "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
     "reconstruct_n", "remove_ids", "reserve", "save", "search", "serialize", "stack",
     "train", "add_preassigned", "search_preassigned", "merge_from", "shrink_to_fit",

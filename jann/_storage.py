@@ -71,6 +71,11 @@ def compact_rows(buffers, keep):
     return moved, jnp.sum(keep, dtype=jnp.int32)
 
 
+def advanced(n_added, n_valid, status):
+    """The rows-ever-added counter after an append that `status` 0 accepted."""
+    return jnp.where(status == 0, n_added + n_valid, n_added).astype(n_added.dtype)
+
+
 def append_status(index, n_valid, new_ids, valid_rows):
     """Status bits of appending n_valid rows (ids, per-row finiteness) to an index with
     `count`, `capacity`, `ids`, `id_mode`: 0 when the append may proceed."""
@@ -163,6 +168,26 @@ class ListedRows(StatusWord):
     @property
     def nlist(self) -> int:
         return self.offsets.shape[0] - 1
+
+    def next_id(self):
+        """Rows ever added (`n_added`): removals keep ids, so numbering never goes back."""
+        return self.n_added
+
+    def with_next_id(self, n_added):
+        return dataclasses.replace(self, n_added=jnp.asarray(n_added, self.n_added.dtype))
+
+    @classmethod
+    def restored_fields(cls, fields: dict) -> dict:
+        """Fields read from a checkpoint, completed: one written before `n_added` existed
+        continues its numbering after the largest stored id."""
+        if "n_added" not in fields and "ids" in fields and "count" in fields:
+            count = int(np.asarray(fields["count"]))
+            ids = np.asarray(fields["ids"])[:count]
+            top = count
+            if fields.get("id_mode", "sequential") == "sequential" and ids.size:
+                top = max(count, int(ids.max()) + 1)
+            fields = {**fields, "n_added": jnp.asarray(top, ids.dtype)}
+        return fields
 
     @property
     def capacity(self) -> int:

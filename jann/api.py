@@ -32,7 +32,7 @@ from jann.ops.topk import check_k
 from jann.selectors import IDSelector, IDSelectorBatch
 
 __all__ = [
-    "add", "add_preassigned", "check", "ntotal", "reconstruct", "reconstruct_n",
+    "add", "add_preassigned", "check", "clear_status", "ntotal", "reconstruct", "reconstruct_n",
     "remove_ids", "reserve", "search", "shrink_to_fit", "stack", "train",
 ]
 
@@ -177,9 +177,26 @@ def _add(index, x, ids, lists):
 
 
 def check(index):
-    """Raise the error a refused in-jit write recorded in `index.status`; else return it."""
+    """Raise the error that refused in-jit writes recorded in `index.status`; else return
+    the index.
+
+    The status word is sticky, like floating-point exception flags: each refused write
+    inside jit adds its bit, and later writes, successful or not, keep it, so a refusal
+    early in a jitted loop is not hidden by the adds after it. It stays set until
+    `jann.clear_status`, and a flagged index cannot be saved. A refused write changes no
+    stored vector: only the bit says it happened. Outside jit a refused write raises at
+    once and returns nothing, so it never sets the word.
+    """
+    require_index(index, "check")
     _storage.raise_for_status(_storage.host_int(index.status))
     return index
+
+
+def clear_status(index):
+    """The index with its status word cleared, once the refused writes `jann.check`
+    reported are handled (e.g. re-added after `jann.reserve`)."""
+    require_index(index, "clear_status")
+    return index.with_status_cleared()
 
 
 def ntotal(index) -> int:
@@ -279,8 +296,10 @@ def remove_ids(index, selector):
     """Remove the vectors whose ids `selector` accepts: returns (new index, n_removed).
 
     `selector` is an IDSelector, or a collection of ids (wrapped in IDSelectorBatch).
-    Sequentially numbered indexes renumber the remaining vectors 0..n-1, as FAISS's
-    IndexFlat does; IDMap indexes keep their ids.
+    A sequentially numbered Flat index renumbers the remaining vectors 0..n-1, as FAISS's
+    IndexFlat does. Every other index keeps the ids of the remaining vectors, and a
+    sequentially numbered one goes on numbering after the largest id it ever gave (FAISS
+    IVF restarts from ntotal and can give an id twice; jann does not).
     """
     require_trained(index, "remove_ids")
     if not isinstance(selector, IDSelector):

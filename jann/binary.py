@@ -87,6 +87,7 @@ class BinaryIVF(_storage.ListedRows, Index):
     centroids: (nlist, nbytes) uint8 (IVF; empty for the hash index).
     payload:   (capacity, nbytes) codes sorted by list.  ids: (capacity,).
     offsets:   (nlist + 1,) list boundaries.  count / status: as every index.
+    n_added:   rows ever added: the next sequential id (as IVFIndex).
     hash_bits: 0 for IVF, b for BHash (nlist = 2**b, the list is the b-bit prefix).
     """
 
@@ -96,6 +97,7 @@ class BinaryIVF(_storage.ListedRows, Index):
     offsets: jax.Array
     count: jax.Array
     status: jax.Array
+    n_added: jax.Array
     id_mode: str = static("sequential")
     hash_bits: int = static(0)
     is_trained: bool = static(False)
@@ -120,6 +122,7 @@ class BinaryIVF(_storage.ListedRows, Index):
                    payload=jnp.zeros((0, d // 8), jnp.uint8), ids=_storage.empty_ids(0),
                    offsets=jnp.zeros((nlist + 1,), jnp.int32),
                    count=jnp.zeros((), jnp.int32), status=jnp.zeros((), jnp.int32),
+                   n_added=jnp.zeros((), _storage.empty_ids(0).dtype),
                    id_mode=id_mode, hash_bits=hash_bits, is_trained=bool(hash_bits),
                    description=desc)
 
@@ -179,7 +182,7 @@ class BinaryIVF(_storage.ListedRows, Index):
         codes = x.astype(jnp.uint8)
         n = codes.shape[0]
         if ids is None:
-            ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
+            ids = self.n_added + jnp.arange(n, dtype=self.ids.dtype)
         status = _storage.append_status(self, n_valid, ids, valid_rows)
         lists = self.probe(codes, 1 if not self.hash_bits else 0)[:, 0]
         new_lists = jnp.where((status == 0) & (jnp.arange(n) < n_valid), lists, self.nlist)
@@ -190,7 +193,8 @@ class BinaryIVF(_storage.ListedRows, Index):
         return dataclasses.replace(
             self, payload=jnp.concatenate([self.payload, codes])[order],
             ids=jnp.concatenate([self.ids, ids.astype(self.ids.dtype)])[order],
-            offsets=offsets, count=offsets[-1], status=self.status | status)
+            offsets=offsets, count=offsets[-1], status=self.status | status,
+            n_added=_storage.advanced(self.n_added, n_valid, status))
 
     def remove_core(self, selector):
         live = self.live()

@@ -103,8 +103,11 @@ def _from_state(tree, arrays):
             kwargs[name] = jnp.asarray(arrays[spec["array"]])
         else:
             kwargs[name] = _from_state(spec, arrays)
+    cls = types[tree["type"]]
+    # a type whose fields changed completes those an older checkpoint lacks
+    kwargs = getattr(cls, "restored_fields", dict)(kwargs)
     try:
-        return types[tree["type"]](**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:
         raise CheckpointError(f"checkpoint does not match {tree['type']}: {exc}") from exc
 
@@ -120,6 +123,10 @@ def _array_specs(arrays: dict) -> dict:
 
 def _config(index) -> tuple[dict, dict]:
     from jann import __version__
+    if int(np.asarray(index.status)):
+        raise CheckpointError(
+            "the index records a write refused inside jit (jann.check(index) says which); "
+            "handle it, then jann.clear_status(index) before saving")
     if not _sharding().is_sharded(index):
         tree, arrays = _to_state(index)
         return {"format": _FORMAT, "version": _PLAIN_VERSION, "jann_version": __version__,

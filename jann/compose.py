@@ -53,6 +53,12 @@ class _Delegating(Index, abstract=True):
     def status(self):
         return self.inner.status
 
+    def next_id(self):
+        return self.inner.next_id()
+
+    def with_status_cleared(self):
+        return self.with_inner(self.inner.with_status_cleared())
+
     @property
     def capacity(self):
         return self.inner.capacity
@@ -183,9 +189,13 @@ class RefineIndex(_Delegating):
     def with_status(self, bits):  # the base's word is the one `status` reads
         return dataclasses.replace(self, base=self.base.with_status(bits))
 
+    def with_status_cleared(self):
+        return dataclasses.replace(self, base=self.base.with_status_cleared(),
+                                   refine=self.refine.with_status_cleared())
+
     def add_core(self, x, n_valid, ids, valid_rows):
         if ids is None:  # both indexes must agree on the ids the base assigns
-            ids = self.base.count + jnp.arange(x.shape[0], dtype=self.base.ids.dtype)
+            ids = self.base.next_id() + jnp.arange(x.shape[0], dtype=self.base.ids.dtype)
         base = self.base.add_core(x, n_valid, ids, valid_rows)
         refine = self.refine.add_core(x, n_valid, ids, valid_rows)
         return dataclasses.replace(self, base=base, refine=refine)

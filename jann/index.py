@@ -20,6 +20,7 @@ grows capacity around them:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import jax
@@ -39,7 +40,7 @@ REQUIRED = (
 # What an index with `inverted_lists = True` defines besides (used by
 # `add_preassigned`, `search_preassigned`, `merge_from`).
 INVERTED_LIST_MEMBERS = ("nlist", "prepare", "scan", "insert_rows", "row_lists", "payload",
-                         "norms", "centroids", "codec")
+                         "norms", "centroids", "codec", "with_next_id")
 
 
 class Index:
@@ -92,6 +93,17 @@ class Index:
 
     def ntotal_live(self):
         """Live vectors (traced int32): `count` unless removal leaves tombstones."""
+        return self.count
+
+    def with_status_cleared(self):
+        """This index with a zero status word (`jann.clear_status`); wrappers clear the
+        words of what they wrap."""
+        return dataclasses.replace(self, status=jnp.zeros_like(self.status))
+
+    def next_id(self):
+        """The id the next sequentially numbered row gets (traced). `count` suits an index
+        that renumbers its rows 0..n-1 after a removal (Flat, as FAISS's IndexFlat); one
+        that keeps ids counts every row ever added instead, so no id is handed out twice."""
         return self.count
 
     def check_search_params(self) -> dict:

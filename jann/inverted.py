@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann import batching
+from jann import _storage, batching
 from jann._inputs import as_array, as_vectors, check_finite, is_traced
 from jann.api import check_selector, ntotal, require_index, require_trained, reserve
 from jann.errors import DuplicateIdError, InvalidInputError
@@ -54,7 +54,8 @@ def _insert_jit(index, lists, payload, norms, ids, n_valid):
 def merge_from(index, other):
     """`index` with all of `other`'s vectors added (FAISS `merge_from`, the on-disk merge
     of contrib): both must share the trained quantizer and codec. Sequential ids of
-    `other` are shifted by `ntotal(index)`, as FAISS does."""
+    `other` are shifted by the next id of `index` (its ntotal, as FAISS does, unless it
+    had removals: its ids are kept, so the shift passes every id it ever gave)."""
     require_index(index, "merge_from")
     if type(index) is not type(other) or not index.inverted_lists:
         raise InvalidInputError("merge_from needs two IVF indexes of the same kind")
@@ -74,13 +75,15 @@ def merge_from(index, other):
     if n == 0:
         return index
     ids = np.asarray(other.ids[:n])
+    first = _storage.host_int(index.next_id())
     if index.id_mode == "sequential":
-        ids = ids + ntotal(index)
+        ids = ids + first
     elif index.id_mode == "idmap2" and np.isin(ids, np.asarray(index.ids[:ntotal(index)])).any():
         raise DuplicateIdError("merge_from: ids of the two IDMap2 indexes overlap")
     index = reserve(index, n)
     bucket = 1 << (n - 1).bit_length()
     pad = functools.partial(batching.pad_rows, rows=bucket)
-    return _insert_jit(index, pad(np.asarray(other.row_lists()[:n])), pad(np.asarray(other.payload[:n])),
-                       pad(np.asarray(other.norms[:n])), pad(ids.astype(np.asarray(index.ids).dtype)),
-                       jnp.int32(n))
+    merged = _insert_jit(index, pad(np.asarray(other.row_lists()[:n])),
+                         pad(np.asarray(other.payload[:n])), pad(np.asarray(other.norms[:n])),
+                         pad(ids.astype(np.asarray(index.ids).dtype)), jnp.int32(n))
+    return merged.with_next_id(first + _storage.host_int(other.next_id()))

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann._inputs import as_vectors, check_finite
+from jann.api import add
 from jann.errors import InvalidInputError
+from jann.flat import FlatIndex
 from jann.ops.distances import normalize_L2
 from jann.ops.knn import knn_scan
 
@@ -198,8 +200,9 @@ def iterate(step, centroids, key, niter: int, label: str | bool = False):
 
 class Kmeans:
     """FAISS-like convenience object: `Kmeans(d, k).train(x)`, then `.centroids`,
-    `.obj`, `.assign(x)`. Holds results on the host side; the functional form is
-    `jann.kmeans`."""
+    `.obj`, `.assign(x)`, and `.index`: a Flat index over the centroids (L2, or inner
+    product when spherical; empty before training), for `jann.search(km.index, x, k)`.
+    Holds results on the host side; the functional form is `jann.kmeans`."""
 
     def __init__(self, d: int, k: int, *, niter: int = 25, nredo: int = 1,
                  spherical: bool = False, init: str = "random", seed: int = 1234,
@@ -217,6 +220,11 @@ class Kmeans:
         self.centroids = np.asarray(result.centroids)
         self.obj = result.objective
         return self.obj[-1] if self.obj else None
+
+    @property
+    def index(self):
+        empty = FlatIndex.create(self.d, "ip" if self.options["spherical"] else "l2")
+        return empty if self.centroids is None else add(empty, self.centroids)
 
     def assign(self, x):
         if self.centroids is None:

@@ -147,7 +147,7 @@ def test_ivf_sharded_and_replicated_equal_unsharded(description, ivf_indexes, xq
     same(jann.search(jann.replicate(index, mesh), xq, 10, nprobe=3), ref, exact=False)
 
 
-def test_ivf_add_to_sharded_goes_to_least_filled(ivf_indexes, xb, xq, mesh):
+def test_ivf_add_to_sharded_goes_to_least_filled(ivf_indexes, xb, xq, mesh, tmp_path):
     empty = jann.train(jann.index_factory(D, "IVF16,Flat"), xb, key=jax.random.key(1))
     sharded = jann.add(jann.shard(empty, mesh), xb[:501])
     sharded = jann.add(sharded, xb[501:])
@@ -162,6 +162,15 @@ def test_ivf_add_to_sharded_goes_to_least_filled(ivf_indexes, xb, xq, mesh):
     assert n == 200
     same(jann.search(sharded, xq, 10, nprobe=3), jann.search(plain, xq, 10, nprobe=3),
          exact=False)
+    # ... and numbers new rows after every id it gave, as the unsharded index, also
+    # once split again (saved on 8 devices, loaded on 3) or merged back (loaded on none)
+    sharded, _ = jann.remove_ids(sharded, [1002])
+    jann.save(sharded, tmp_path / "removed")
+    for placed in (sharded, jann.load(tmp_path / "removed", mesh=_mesh_of(3)),
+                   jann.load(tmp_path / "removed")):
+        grown = jann.add(placed, xb[:2])
+        _, ids = jann.search(grown, xb[:2], 1, nprobe=16)
+        assert np.asarray(ids)[:, 0].tolist() == [1003, 1004]
 
 
 def test_distributed_training_equals_single_device(xb, xq, mesh):

@@ -110,6 +110,31 @@ def test_every_module_imports_alone():
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr[-2000:]
 
 
+_IMPORT_WITHOUT_INSTALL = """
+import sys
+# no editable install: the checkout's jann as python run from its root sees it
+def editable(f):
+    return "editable" in (getattr(f, "__module__", "") + type(f).__module__).lower()
+sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not editable(h)]
+sys.path_importer_cache.clear()
+import importlib, jann
+print(jann.__file__, jann.ops.__file__, importlib.import_module("jann.ops.knn").__file__)
+"""
+
+
+def test_the_source_tree_imports_as_the_wheel():
+    """From the repository root `import jann` takes the checkout's jann/, whose jann.ops
+    lives in ops/ (a wheel puts it in jann/ops): it must import without an editable
+    install too (after `pip install .`, say)."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_WITHOUT_INSTALL], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    package, ops, knn = proc.stdout.split()
+    assert Path(package).parent == ROOT / "jann"
+    assert Path(ops).parent == ROOT / "ops" and Path(knn).is_relative_to(ROOT / "ops")
+
+
 def _private_uses(name, path, known):
     """`from module import _private` and `module._private` across package modules."""
     tree = ast.parse(path.read_text())

@@ -61,6 +61,9 @@ def test_bivf_all_lists_is_exact(codes):
     assert n == 1500
     _, ids = jann.search(index, xq, K, nprobe=16)
     assert (np.asarray(ids) % 2 == 1).all()
+    # removals keep ids, so new rows are numbered after every id ever given
+    _, ids = jann.search(jann.add(index, xb[:1]), xb[:1], 1, nprobe=16)
+    assert np.asarray(ids)[0, 0] == len(xb)
 
 
 def test_bhash_full_flip_is_exact(codes):

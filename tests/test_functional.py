@@ -2,6 +2,7 @@
 distances. None of FAISS, cuVS, ScaNN or hnswlib can do these."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,59 @@ def test_add_inside_jit_that_overflows_sets_flag_and_keeps_data(rng):
         jann.check(out)
     ok = jax.jit(jann.add)(jann.reserve(index, 10), too_many)
     assert jann.ntotal(jann.check(ok)) == 260
+
+
+@pytest.mark.parametrize("description", ["Flat", "IVF4,Flat,RFlat", "HNSW8"])
+def test_status_is_sticky_until_cleared_and_a_flagged_index_is_not_saved(
+        description, rng, tmp_path):
+    """A refusal inside jit stays recorded through later successful writes (so a jitted
+    loop cannot hide it), until jann.clear_status; saving a flagged index is refused."""
+    xb = rng.standard_normal((300, 8)).astype(np.float32)
+    index = jann.train(jann.index_factory(8, description), xb, key=0)
+    index = jann.reserve(jann.add(index, xb[:250]), 20)
+    bad = xb[250:252].copy()
+    bad[0, 0] = np.nan
+
+    @jax.jit
+    def two_adds(index, bad, good):
+        return jann.add(jann.add(index, bad), good)
+
+    out = two_adds(index, bad, xb[252:254])
+    assert jann.ntotal(out) == 252  # the bad batch refused, the good one added
+    for _ in range(2):  # check does not clear it
+        with pytest.raises(jann.InvalidInputError, match="NaN"):
+            jann.check(out)
+    with pytest.raises(jann.CheckpointError, match="clear_status"):
+        jann.save(out, tmp_path / "flagged")
+    with pytest.raises(jann.CheckpointError, match="clear_status"):
+        jann.serialize(out)
+    cleared = jann.check(jann.clear_status(out))
+    assert jann.ntotal(cleared) == 252
+    jann.save(cleared, tmp_path / "cleared")
+    assert jann.ntotal(jann.check(jann.load(tmp_path / "cleared"))) == 252
+
+
+def test_num_threads_binds_every_thread_and_is_undone(rng):
+    import threading
+    started = threading.Event()
+    done = threading.Event()
+    before = threading.Thread(target=lambda: (started.set(), done.wait(30)))
+    before.start()
+    started.wait(5)
+    cores = jann.config.get_num_threads()
+    try:
+        jann.config.set_num_threads(1)
+        assert jann.config.get_num_threads() == 1
+        assert len(os.sched_getaffinity(before.native_id)) == 1  # a thread already running
+        index = jann.add(flat(8), rng.standard_normal((50, 8)).astype(np.float32))
+        assert jann.search(index, np.zeros((1, 8), np.float32), 3)[1].shape == (1, 3)
+        with pytest.raises(jann.InvalidInputError, match="positive int"):
+            jann.config.set_num_threads(0)
+    finally:
+        jann.config.set_num_threads(None)
+        done.set()
+        before.join()
+    assert jann.config.get_num_threads() == cores
 
 
 def test_nan_inside_jit_gives_empty_rows_and_refused_add(rng):

@@ -2,6 +2,7 @@
 updates, persistence, and bad input."""
 
 import dataclasses
+import json
 
 import faiss
 import jax
@@ -253,6 +254,41 @@ def test_remove_then_search_never_returns_removed(description, data):
     assert n == len(victims) and jann.ntotal(new) == 5000 - n
     _, after = jann.search(new, xq[:100], K, **params)
     assert not np.isin(np.asarray(after), victims).any()
+
+
+@pytest.mark.parametrize("description", ["IVF16,Flat", "IVF16,Flat,RFlat", "PCA64,IVF16,Flat"])
+def test_sequential_ids_are_never_given_twice(description, data, tmp_path):
+    """FAISS's IVF numbers new vectors from ntotal, so after a removal an add can give a
+    live id again; jann goes on after the largest id it ever gave, through a save and a
+    merge, and a checkpoint written before that counter existed continues likewise."""
+    xb, _, _ = data
+    index = jann.add(jann.train(jann.index_factory(196, description), xb[:2000], key=0),
+                     xb[:100])
+    index, n = jann.remove_ids(index, [3, 99])  # 99: the last id given
+    assert n == 2
+    index = jann.add(index, xb[100:102])
+    _, nearest = jann.search(index, xb[[1, 100, 101]], 1, nprobe=16)
+    assert np.asarray(nearest)[:, 0].tolist() == [1, 100, 101]
+    with pytest.raises(jann.IdNotFoundError):
+        jann.reconstruct(index, [99])
+    jann.save(index, tmp_path / "ix")
+    restored = jann.add(jann.load(tmp_path / "ix"), xb[102:103])
+    assert np.asarray(jann.search(restored, xb[102:103], 1, nprobe=16)[1])[0, 0] == 102
+    if description == "IVF16,Flat":  # merge_from takes plain IVF indexes
+        merged = jann.merge_from(index, index)  # the copy's ids shifted past every id given
+        _, ids = jann.search(merged, xb[[100]], 2, nprobe=16)
+        assert sorted(np.asarray(ids)[0].tolist()) == [100, 202]
+    # A checkpoint from before the counter: numbering goes on after its largest id.
+    config_path = next((tmp_path / "ix").glob("v*/config.json"))
+    config = json.loads(config_path.read_text())
+    ivf = config["index"]
+    while ivf["type"] != "IVFIndex":
+        ivf = next(f for f in ivf["fields"].values() if isinstance(f, dict) and "type" in f)
+    name = ivf["fields"].pop("n_added")["array"]
+    config["arrays"].pop(name)
+    config_path.write_text(json.dumps(config))
+    old = jann.add(jann.load(tmp_path / "ix"), xb[102:103])
+    assert np.asarray(jann.search(old, xb[102:103], 1, nprobe=16)[1])[0, 0] == 102
 
 
 def test_ids_selectors_and_reconstruct(data):

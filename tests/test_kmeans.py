@@ -70,6 +70,13 @@ def test_kmeans_object_like_faiss(x):
     assert km.centroids.shape == (8, x.shape[1]) and len(km.obj) == 4
     _, labels = km.assign(x[:10])
     assert labels.shape == (10,)
+    # km.index: the centroids in a Flat index (FAISS's km.index.search(x, 1))
+    assert jann.ntotal(jann.Kmeans(x.shape[1], 8).index) == 0
+    _, nearest = jann.search(km.index, x[:10], 1)
+    np.testing.assert_array_equal(np.asarray(nearest)[:, 0], np.asarray(labels))
+    spherical = jann.Kmeans(x.shape[1], 8, niter=2, spherical=True)
+    spherical.train(x)
+    assert spherical.index.metric == "ip" and jann.ntotal(spherical.index) == 8
 
 
 def test_bad_input(x):

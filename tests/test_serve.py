@@ -65,6 +65,19 @@ def ivf_server(ivf, tmp_path_factory):
     server.stop()
 
 
+def test_first_id_of_an_ivf_add_after_removals_is_new(ivf, fmnist):
+    """The server's answer names the ids the rows got: after removing the last ids an IVF
+    index goes on past them (FAISS would give them again)."""
+    from jann.serve.write_log import apply_write
+    index, _ = ivf
+    index, done = apply_write(index, "remove", None, np.array([1998, 1999]))
+    assert done == {"removed": 2}
+    index, done = apply_write(index, "add", fmnist["base"][2000:2002], None)
+    assert done == {"added": 2, "first_id": 2000}
+    _, ids = jann.search(index, fmnist["base"][2000:2002], 1, nprobe=16)
+    assert np.asarray(ids)[:, 0].tolist() == [2000, 2001]
+
+
 def _flat_checkpoint(xb, path):
     index = jann.add(jann.index_factory(xb.shape[1], "Flat"), xb)
     jann.save(index, path)

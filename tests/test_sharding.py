@@ -9,7 +9,8 @@ jax fixes its device count when it starts, so the cases run in subprocesses:
 - the same file's int32-ids case again with JAX_ENABLE_X64=1 (int64 ids by default);
 - tests/_sharding_multihost.py as 2 processes of one jax.distributed job (loopback
   coordinator, 4 CPU devices each), checked here against one process with all the data.
-All are started by a fixture before any test waits, so they overlap.
+All are started by a fixture before any test waits, so they overlap (each pytest in one
+process: the suite's `-n 2` would start idle workers there).
 """
 
 import os
@@ -48,12 +49,12 @@ def jobs(tmp_path_factory):
     port = str(_free_port())
     procs = {
         "cases": subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
              "-o", "python_files=_sharding_cases.py", "tests/_sharding_cases.py"],
             cwd=ROOT, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True),
         "x64": subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
              "-o", "python_files=_sharding_cases.py", "tests/_sharding_cases.py",
              "-k", "int32_ids"],
             cwd=ROOT, env=_env(8, JAX_ENABLE_X64="1"), stdout=subprocess.PIPE,

@@ -154,6 +154,9 @@ class GraphIndex(GraphBuilding, GraphSearching, _storage.StatusWord, Index):
                 f"first add needs at least graph_degree + 1 = {self.graph_degree + 1} "
                 "(lower the degree, or add more vectors at once)")
 
+    def next_id(self):
+        return self.n_added
+
     def ntotal_live(self):
         return jnp.sum(self.live() & ~self.deleted, dtype=jnp.int32)
 

@@ -80,6 +80,8 @@ class IVFIndex(_storage.ListedRows, Index):
     norms:     (capacity,) float32 squared norm of each decoded row.
     ids:       (capacity,) ids.  offsets: (nlist + 1,) int32 list boundaries.
     count:     () int32 live rows (= offsets[-1]).  status: () int32 refused-write bits.
+    n_added:   () rows ever added (ids dtype): the next sequential id; removals keep ids,
+               so an id is never handed out twice.
     """
 
     # jann.search may pad a query batch to a bucket and pass the real row count
@@ -95,6 +97,7 @@ class IVFIndex(_storage.ListedRows, Index):
     offsets: jax.Array
     count: jax.Array
     status: jax.Array
+    n_added: jax.Array
     metric: str = static("l2")
     id_mode: str = static("sequential")
     by_residual: bool = static(True)
@@ -124,6 +127,7 @@ class IVFIndex(_storage.ListedRows, Index):
             offsets=jnp.zeros((nlist + 1,), jnp.int32),
             count=jnp.zeros((), jnp.int32),
             status=jnp.zeros((), jnp.int32),
+            n_added=jnp.zeros((), _storage.empty_ids(0).dtype),
             metric=metric, id_mode=id_mode, by_residual=by_residual,
             exhaustive=exhaustive, is_trained=False, description=description)
 
@@ -228,11 +232,12 @@ class IVFIndex(_storage.ListedRows, Index):
         if lists is None:
             lists = self.assign(x)
         if ids is None:
-            ids = self.count + jnp.arange(n, dtype=self.ids.dtype)
+            ids = self.n_added + jnp.arange(n, dtype=self.ids.dtype)
         status = _storage.append_status(self, n_valid, ids, valid_rows)
         codes, norms = self._encode(jnp.where(valid_rows[:, None], x, 0.0), lists)
         new = self.insert_rows(lists, codes, norms, ids, n_valid, status == 0)
-        return dataclasses.replace(new, status=self.status | status)
+        return dataclasses.replace(new, status=self.status | status,
+                                   n_added=_storage.advanced(self.n_added, n_valid, status))
 
     def remove_core(self, selector):
         live = self.live()

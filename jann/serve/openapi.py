@@ -91,8 +91,10 @@ def openapi_document(service: SearchService) -> dict:
                           "requestBody": _body("AddRequest"), **security,
                           "responses": _answers("AddResponse", 400, 409, 413, 422,
                                                 secured=secured)}},
-        "/remove": {"post": {"summary": "remove ids (jann.remove_ids); sequentially "
-                             "numbered indexes renumber the rest, as FAISS",
+        "/remove": {"post": {"summary": "remove ids (jann.remove_ids); a sequentially "
+                             "numbered Flat index renumbers the rest 0..n-1 (FAISS "
+                             "IndexFlat), the other indexes keep ids and never give "
+                             "one out again",
                              "requestBody": _body("RemoveRequest"), **security,
                              "responses": _answers("RemoveResponse", 400, 413, 422,
                                                    secured=secured)}},

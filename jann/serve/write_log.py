@@ -41,7 +41,8 @@ def apply_write(index, op: str, vectors, ids):
     """One write, as the pure library call: (new index, what it did). Shared by live
     writes and log replay, so a replay rebuilds exactly the acknowledged index."""
     if op == "add":
-        first = jann.ntotal(index) if index.id_mode == "sequential" else None
+        # the id the index gives the first row (after removals: past every id it gave)
+        first = int(index.next_id()) if index.id_mode == "sequential" else None
         new = jann.add(index, vectors, ids)
         return new, {"added": int(vectors.shape[0]), "first_id": first}
     if op == "remove":

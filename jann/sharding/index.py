@@ -129,6 +129,12 @@ class ShardedIndex(Index):
         axis = self.shard_axis
         return self._map(lambda local: jax.lax.psum(local.ntotal_live(), axis), (), (), P())
 
+    def next_id(self):
+        if not self.sharded:
+            return self.index.next_id()
+        axis = self.shard_axis
+        return self._map(lambda local: jax.lax.psum(local.next_id(), axis), (), (), P())
+
     def shard_counts(self) -> np.ndarray:
         """Vectors held by each shard (host ints, shard order)."""
         counts = self.index.count
@@ -152,6 +158,9 @@ class ShardedIndex(Index):
 
     def with_status(self, bits):
         return dataclasses.replace(self, index=self.index.with_status(bits))
+
+    def with_status_cleared(self):
+        return dataclasses.replace(self, index=self.index.with_status_cleared())
 
     def search_parameter_space(self) -> dict[str, tuple]:
         return self.per_shard.search_parameter_space()
@@ -228,9 +237,12 @@ class ShardedIndex(Index):
             else:
                 counts, me = jax.lax.all_gather(local.count, axis), jax.lax.axis_index(axis)
             total = jnp.sum(counts)
+            # The next sequential id: shards number globally, each counting the rows it
+            # was given (Flat: its rows, as it renumbers; the others: rows ever added).
+            first = local.next_id() if axis is None else jax.lax.psum(local.next_id(), axis)
             if ids is None and axis is not None:  # global sequential numbering
-                ids = total.astype(stored) + jnp.arange(n, dtype=stored)
-            status = _id_range_status(ids, stored, total, n_valid, id_mode)
+                ids = first.astype(stored) + jnp.arange(n, dtype=stored)
+            status = _id_range_status(ids, stored, first, n_valid, id_mode)
             if axis is not None:
                 # Every shard checks the whole batch (finite rows, IDMap2 duplicates against
                 # its own ids); capacity is checked over all shards, as the fill allows.

@@ -50,9 +50,9 @@ def _rows(index):
     return (index.payload, index.norms, index.ids), index.row_lists()
 
 
-def _with_rows(template, rows, lists, count, capacity):
+def _with_rows(template, rows, lists, count, capacity, n_added):
     """`template` (configuration, quantizer, codec) holding `rows` (the first `count`
-    live) instead of its own."""
+    live) instead of its own; `n_added`: its share of the rows ever added (IVF)."""
     if isinstance(template, FlatIndex):
         vectors, sqnorms, ids = rows
         index = dataclasses.replace(template, vectors=vectors, sqnorms=sqnorms, ids=ids,
@@ -63,7 +63,7 @@ def _with_rows(template, rows, lists, count, capacity):
     sizes = jnp.bincount(lists, length=template.nlist + 1)[: template.nlist]
     offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(sizes, dtype=jnp.int32)])
     return dataclasses.replace(template, payload=payload, norms=norms, ids=ids,
-                               offsets=offsets, count=count,
+                               offsets=offsets, count=count, n_added=n_added,
                                status=jnp.zeros((), jnp.int32))
 
 
@@ -76,7 +76,10 @@ def split(stack, parts: int, part, capacity: int):
     groups, per = rows[0].shape[:2]
     total = groups * per
     if total == 0:
-        return dataclasses.replace(template.grown(capacity), status=jnp.zeros((), jnp.int32))
+        empty = dataclasses.replace(template.grown(capacity), status=jnp.zeros((), jnp.int32))
+        if isinstance(template, FlatIndex):
+            return empty
+        return empty.with_next_id(jnp.where(part == 0, jnp.sum(stack.n_added), 0))
     flat = [r.reshape((total,) + r.shape[2:]) for r in rows]
     live = (jnp.arange(per)[None, :] < stack.count[:, None]).reshape(total)
     ids = flat[2]
@@ -92,7 +95,14 @@ def split(stack, parts: int, part, capacity: int):
         jnp.where(valid.reshape((-1,) + (1,) * (r.ndim - 1)), r[src], jnp.asarray(f, r.dtype))
         for r, f in zip(flat, fills))
     new_lists = None if lists is None else jnp.where(valid, lists[src], template.nlist)
-    return _with_rows(template, new_rows, new_lists, jnp.sum(valid, dtype=jnp.int32), capacity)
+    count = jnp.sum(valid, dtype=jnp.int32)
+    # Shares of the rows ever added that sum to the stack's (the next sequential id):
+    # each piece its rows, the first also those removed.
+    n_added = None
+    if lists is not None:
+        n_added = count.astype(stack.n_added.dtype) + jnp.where(
+            part == 0, jnp.sum(stack.n_added) - jnp.sum(live), 0).astype(stack.n_added.dtype)
+    return _with_rows(template, new_rows, new_lists, count, capacity, n_added)
 
 
 @functools.partial(jax.jit, static_argnames=("parts", "capacity", "one"))
