@@ -24,7 +24,7 @@ from jann._inputs import (
     as_array, as_ids, check_finite, delegated_search_params, is_traced,
     search_param_names, split_search_params)
 from jann.errors import (
-    IdNotFoundError, InvalidDtypeError, InvalidInputError, NotTrainedError)
+    IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError, NotTrainedError)
 from jann.index import Index
 from jann.ops import dispatch
 from jann.ops import distances as dist_ops
@@ -109,7 +109,7 @@ def reserve(index, n: int):
     return index.grown(_storage.grown_capacity(index.capacity, needed))
 
 
-def add(index, x, ids=None):
+def add(index, x, ids=None, *, donate: bool = False):
     """Add vectors x (n, d), with user ids (n,) for "IDMap" indexes; returns the new index.
 
     Outside jit: capacity grows by doubling as needed, the batch is padded to a bucket
@@ -117,8 +117,15 @@ def add(index, x, ids=None):
     as it was. Inside jit: shapes are static, so an add that does not fit (or has bad
     rows) is refused as a whole and `index.status` records why; `jann.check(index)`
     raises for it outside jit. Reserve room first with `jann.reserve`.
+
+    The given index stays valid (immutability), so each add copies its buffers: O(index
+    size) per call. `donate=True` hands them over instead (jax buffer donation): the new
+    index reuses them in place and the given one must not be used again, the way to
+    stream small adds into a large index (`ix = jann.add(ix, row, donate=True)`). NaN /
+    inf rows raise before anything is donated; an add the program refuses (IDMap2 ids
+    already stored) raises with the intact index as the error's `.index`.
     """
-    return _add(index, x, ids, None)
+    return _add(index, x, ids, None, donate)
 
 
 def add_preassigned(index, x, lists, ids=None):
@@ -137,7 +144,7 @@ def add_preassigned(index, x, lists, ids=None):
     return _add(index, x, ids, lists)
 
 
-def _add(index, x, ids, lists):
+def _add(index, x, ids, lists, donate=False):
     """`add` and `add_preassigned` (lists: the given inverted list of each row, or None)."""
     require_trained(index, "add")
     x = _as_input(index, x, "x")
@@ -159,7 +166,7 @@ def _add(index, x, ids, lists):
         return index
     check_finite(x, "x", allow_nan=index.metric in dist_ops.NAN_TOLERANT)
     status_before = _storage.host_int(index.status)
-    callers = index
+    callers = () if donate else index
     # Grown once for the whole batch: each capacity is a compile of the add program
     # (200,000 rows in 16384-row chunks grew six times: 21 compiles, 4.3 s).
     index = reserve(index, n)
@@ -172,7 +179,16 @@ def _add(index, x, ids, lists):
             np.asarray(lists[start:stop], np.int32), bucket)
         index = step(index, batching.pad_rows(x[start:stop], bucket),
                      jnp.int32(rows), chunk_ids, chunk_lists)
-        _storage.raise_for_status(_storage.host_int(index.status) & ~status_before)
+        refused = _storage.host_int(index.status) & ~status_before
+        if refused:
+            try:
+                _storage.raise_for_status(refused)
+            except JannError as error:
+                if donate:  # the caller's buffers are gone: hand back the intact index
+                    error.index = index.with_status_cleared().with_status(status_before)
+                    error.args = (f"{error.args[0]} (the index, its buffers donated, is "
+                                  "intact in this error's .index)",)
+                raise
     return index
 
 

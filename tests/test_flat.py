@@ -86,6 +86,30 @@ def test_many_adds_grow_by_doubling_with_few_compiles(rng, compile_counter):
     assert_knn_equal(*jann.search(index, xq, 5), *oracle_knn(xq, xb, 5, "l2"))
 
 
+@pytest.mark.parametrize("description", ["Flat", "IVF4,SQ8", "HNSW8"])
+def test_donated_adds_stream_in_place_and_a_refusal_keeps_the_index(description, rng):
+    xb = rng.standard_normal((120, 8)).astype(np.float32)
+    index = jann.add(jann.train(jann.index_factory(8, description), xb, key=0), xb[:100])
+    copied = jann.add(index, xb[100:110])
+    streamed = given = jann.reserve(index, 20)
+    for row in xb[100:110]:
+        streamed = jann.add(streamed, row[None], donate=True)
+    assert given.ids.is_deleted()  # its buffers were handed over, not copied
+    assert jann.ntotal(streamed) == 110
+    xq = rng.standard_normal((4, 8)).astype(np.float32)
+    params = {"nprobe": 4} if description.startswith("IVF") else {}
+    (d_a, i_a), (d_b, i_b) = (jann.search(ix, xq, 5, **params) for ix in (streamed, copied))
+    np.testing.assert_array_equal(np.asarray(i_a), np.asarray(i_b))
+    np.testing.assert_allclose(np.asarray(d_a), np.asarray(d_b), rtol=1e-6)  # other capacity
+    # An add the program refuses: the donated index comes back whole in the error.
+    unique = jann.add(jann.index_factory(8, "IDMap2,Flat"), xb[:5], ids=np.arange(5))
+    with pytest.raises(jann.DuplicateIdError, match=r"\.index") as caught:
+        jann.add(unique, xb[5:6], ids=[3], donate=True)
+    kept = caught.value.index
+    assert jann.ntotal(jann.check(kept)) == 5
+    np.testing.assert_array_equal(np.asarray(jann.reconstruct(kept, [3])), xb[3:4])
+
+
 def test_add_in_batches_equals_one_add(rng):
     xb = rng.standard_normal((3000, 8)).astype(np.float32)
     one = jann.add(flat(8), xb)

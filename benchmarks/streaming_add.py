@@ -1,0 +1,180 @@
+"""Streaming adds: the cost of adding one vector at a time to an index of N rows, jann
+beside faiss-cpu (hnswlib for the graph), same process.
+
+Run from the repo root (2 threads for every library):
+
+    python -m benchmarks.streaming_add [--sizes 10000 200000 1000000] [--indexes Flat ...]
+
+For each index and N, both libraries hold the first N rows of --dataset (trained on the
+first --train rows); then --adds single-row adds of the next rows are timed one by one
+(median, after --warmup untimed ones). jann is timed three ways:
+- "copy":   `ix = jann.add(ix, row)`, the functional default (the given index stays
+  valid, so its buffers are copied: O(N) per add);
+- "donate": `ix = jann.add(ix, row, donate=True)` (its buffers handed over, updated in
+  place; the checks, padding and capacity growth of `jann.add` kept);
+- "jit":    `add = jax.jit(jann.add, donate_argnums=0)` after `jann.reserve(ix, adds)`,
+  one compiled call per row (no host-side checks).
+Each row's result is waited for (block_until_ready) before the next add.
+
+Writes <out>/streaming-add.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import _common
+
+INDEXES = ("Flat", "IVF1024,Flat", "IVF1024,PQ16", "HNSW32")
+SIZES = (10_000, 200_000, 1_000_000)
+# The graph is built row by row by both libraries (minutes per 100k rows on 2 cores for
+# jann's): measured up to this size unless asked for more.
+GRAPH_MAX = 50_000
+
+
+def _load(name: str, data_dir: Path, rows: int) -> np.ndarray:
+    base = np.load(data_dir / name / "base.npy", mmap_mode="r")
+    if base.shape[0] < rows:
+        raise SystemExit(f"{name} has {base.shape[0]} rows, {rows} needed")
+    return np.ascontiguousarray(base[:rows], np.float32)
+
+
+def _median_ms(step, rows: np.ndarray, warmup: int) -> float:
+    times = []
+    for i, row in enumerate(rows):
+        start = time.perf_counter()
+        step(row[None])
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _jann_times(jax, jann, index, new_rows, warmup) -> dict:
+    out = {}
+    state = {"ix": jann.reserve(index, 3 * len(new_rows))}
+
+    def copy(row):
+        state["ix"] = jax.block_until_ready(jann.add(state["ix"], row))
+
+    def donate(row):
+        state["ix"] = jax.block_until_ready(jann.add(state["ix"], row, donate=True))
+
+    compiled = jax.jit(jann.add, donate_argnums=0)
+
+    def jitted(row):
+        state["ix"] = jax.block_until_ready(compiled(state["ix"], row))
+
+    for name, step in (("copy", copy), ("donate", donate), ("jit", jitted)):
+        out[name] = _median_ms(step, new_rows, warmup)
+    jann.check(state["ix"])
+    expected = jann.ntotal(index) + 3 * len(new_rows)
+    if jann.ntotal(state["ix"]) != expected:
+        raise AssertionError(f"jann holds {jann.ntotal(state['ix'])} rows, not {expected}")
+    return out
+
+
+def _peer(spec: str, x: np.ndarray, n: int, train: int, faiss, hnswlib):
+    """(peer name, add-one-row function) holding the first n rows."""
+    if spec.startswith("HNSW"):
+        graph = hnswlib.Index(space="l2", dim=x.shape[1])
+        graph.init_index(max_elements=n + 4096, M=int(spec[4:]), ef_construction=40)
+        graph.add_items(x[:n], np.arange(n))
+        counter = [n]
+
+        def add(row):
+            graph.add_items(row, [counter[0]])
+            counter[0] += 1
+        return "hnswlib", add
+    index = faiss.index_factory(x.shape[1], spec)
+    index.train(x[:train])
+    index.add(x[:n])
+    return "faiss", index.add
+
+
+def bench(spec: str, n: int, x: np.ndarray, args, jax, jann, faiss, hnswlib) -> dict:
+    train = min(args.train, n)
+    start = time.perf_counter()
+    index = jann.train(jann.index_factory(x.shape[1], spec), x[:train], key=0)
+    index = jax.block_until_ready(jann.add(index, x[:n]))
+    build_s = time.perf_counter() - start
+    new_rows = x[n:n + args.adds]
+    ours = _jann_times(jax, jann, index, new_rows, args.warmup)
+    peer, add_one = _peer(spec, x, n, train, faiss, hnswlib)
+    theirs = _median_ms(add_one, new_rows, args.warmup)
+    row = {"index": spec, "n": n, "peer": peer, "peer_ms": theirs, "jann_build_s": build_s,
+           **{f"jann_{k}_ms": v for k, v in ours.items()},
+           **{f"ratio_{k}": v / theirs for k, v in ours.items()}}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def markdown(results: dict) -> str:
+    rows = [[r["index"], r["n"], r["peer"], r["peer_ms"], r["jann_copy_ms"],
+             r["jann_donate_ms"], r["jann_jit_ms"], r["ratio_donate"], r["ratio_jit"]]
+            for r in results["runs"]]
+    return ("# Streaming adds: one row per call (median ms)\n\n"
+            f"{results['dataset']}, {results['threads']['requested']} threads, "
+            f"{results['machine'].get('cpu', '')}\n\n" + _common.markdown_table(
+                ["index", "N", "peer", "peer ms", "jann copy ms", "jann donate ms",
+                 "jann jit ms", "donate / peer", "jit / peer"], rows) + "\n")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec in dict.fromkeys(r["index"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["index"] == spec]
+        n = [r["n"] for r in runs]
+        line, = ax.plot(n, [r["jann_donate_ms"] for r in runs], "o-", label=f"jann {spec}")
+        ax.plot(n, [r["peer_ms"] for r in runs], "s--", color=line.get_color(),
+                label=f"{runs[0]['peer']} {spec}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows in the index")
+    ax.set_ylabel("ms per single-row add (jann: donate=True)")
+    ax.legend(fontsize=7)
+    _common.save_figure(fig, ax, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="sift-textures-1m")
+    p.add_argument("--indexes", nargs="+", default=list(INDEXES))
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    p.add_argument("--graph-max", type=int, default=GRAPH_MAX)
+    p.add_argument("--adds", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--train", type=int, default=50_000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", type=Path, default=_common.REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--out", type=Path, default=_common.REPO_ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    threads = _common.limit_threads(args.threads)
+    import faiss
+    import hnswlib
+    import jax
+
+    import jann
+    faiss.omp_set_num_threads(args.threads)
+    x = _load(args.dataset, args.data_dir, max(args.sizes) + 3 * args.adds + 1)
+    results = {"machine": _common.machine_info(), "threads": threads,
+               "dataset": args.dataset, "runs": []}
+    for spec in args.indexes:
+        for n in args.sizes:
+            if spec.startswith("HNSW") and n > args.graph_max:
+                continue
+            results["runs"].append(bench(spec, n, x, args, jax, jann, faiss, hnswlib))
+    path = _common.write_json(args.out / "streaming-add.json", results)
+    print(_common.write_markdown_and_plot(results, path, markdown, plot))
+
+
+if __name__ == "__main__":
+    main()
