@@ -299,6 +299,16 @@ def save_figure(fig, ax, path: Path):
     plt.close(fig)
 
 
+def save_log_log(fig, ax, path: Path, xlabel: str, ylabel: str):
+    """Both axes logarithmic, labelled, a small legend, then `save_figure`."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    save_figure(fig, ax, path)
+
+
 def write_markdown_and_plot(results: dict, json_path: Path, markdown, plot) -> str:
     """<stem>.md from markdown(results) and <stem>.png from plot(results, path) beside
     the JSON; returns the Markdown."""

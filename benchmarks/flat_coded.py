@@ -133,12 +133,7 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(batches, [r["batches"][b]["jann"]["qps"] / r["batches"][b]["faiss"]["qps"]
                           for b in r["batches"]], marker="o", label=f"{r['dataset']} {r['spec']}")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("queries per call")
-    ax.set_ylabel("jann / faiss-cpu QPS")
-    ax.legend(fontsize=7)
-    _common.save_figure(fig, ax, path)
+    _common.save_log_log(fig, ax, path, "queries per call", "jann / faiss-cpu QPS")
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,8 @@ Run from the repo root (2 threads for every library):
     python -m benchmarks.streaming_add [--sizes 10000 200000 1000000] [--indexes Flat ...]
 
 For each index and N, both libraries hold the first N rows of --dataset (trained on the
-first --train rows); then --adds single-row adds of the next rows are timed one by one
+first --train rows; N at most the set's size less the rows to add, so "1000000" is
+999,880 on a 1M set); then --adds single-row adds of the next rows are timed one by one
 (median, after --warmup untimed ones). jann is timed three ways:
 - "copy":   `ix = jann.add(ix, row)`, the functional default (the given index stays
   valid, so its buffers are copied: O(N) per add);
@@ -40,8 +41,6 @@ GRAPH_MAX = 50_000
 
 def _load(name: str, data_dir: Path, rows: int) -> np.ndarray:
     base = np.load(data_dir / name / "base.npy", mmap_mode="r")
-    if base.shape[0] < rows:
-        raise SystemExit(f"{name} has {base.shape[0]} rows, {rows} needed")
     return np.ascontiguousarray(base[:rows], np.float32)
 
 
@@ -136,12 +135,8 @@ def plot(results: dict, path: Path) -> None:
         line, = ax.plot(n, [r["jann_donate_ms"] for r in runs], "o-", label=f"jann {spec}")
         ax.plot(n, [r["peer_ms"] for r in runs], "s--", color=line.get_color(),
                 label=f"{runs[0]['peer']} {spec}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rows in the index")
-    ax.set_ylabel("ms per single-row add (jann: donate=True)")
-    ax.legend(fontsize=7)
-    _common.save_figure(fig, ax, path)
+    _common.save_log_log(fig, ax, path, "rows in the index",
+                         "ms per single-row add (jann: donate=True)")
 
 
 def main(argv=None) -> None:
@@ -164,11 +159,12 @@ def main(argv=None) -> None:
 
     import jann
     faiss.omp_set_num_threads(args.threads)
-    x = _load(args.dataset, args.data_dir, max(args.sizes) + 3 * args.adds + 1)
+    x = _load(args.dataset, args.data_dir, max(args.sizes) + 3 * args.adds)
     results = {"machine": _common.machine_info(), "threads": threads,
                "dataset": args.dataset, "runs": []}
+    spare = 3 * args.adds  # the rows added one by one come after the N held
     for spec in args.indexes:
-        for n in args.sizes:
+        for n in sorted({min(n, len(x) - spare) for n in args.sizes}):
             if spec.startswith("HNSW") and n > args.graph_max:
                 continue
             results["runs"].append(bench(spec, n, x, args, jax, jann, faiss, hnswlib))
