@@ -38,6 +38,7 @@ import numpy as np
 
 from jann.errors import CheckpointError
 from jann._pytree import PYTREE_TYPES
+from jann.index import Index
 
 __all__ = ["save", "load", "serialize", "deserialize", "FORMAT_VERSION"]
 
@@ -123,7 +124,7 @@ def _array_specs(arrays: dict) -> dict:
 
 def _config(index) -> tuple[dict, dict]:
     from jann import __version__
-    if int(np.asarray(index.status)):
+    if isinstance(index, Index) and int(np.asarray(index.status)):
         raise CheckpointError(
             "the index records a write refused inside jit (jann.check(index) says which); "
             "handle it, then jann.clear_status(index) before saving")
