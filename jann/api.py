@@ -341,6 +341,13 @@ def reconstruct(index, ids):
     ids = as_array(ids, "ids")
     if not np.issubdtype(ids.dtype, np.integer) or np.issubdtype(ids.dtype, np.bool_):
         raise InvalidDtypeError(f"ids must be integers, got dtype {ids.dtype}")
+    if not is_traced(ids):  # an id the index's dtype cannot hold is not in it (no wrap)
+        host = np.atleast_1d(np.asarray(ids))
+        info = np.iinfo(np.dtype(index.ids.dtype))
+        outside = host > info.max if np.issubdtype(host.dtype, np.unsignedinteger) else \
+            (host < info.min) | (host > info.max)
+        if outside.any():
+            raise IdNotFoundError(f"id {int(host[np.argmax(outside)])} is not in the index")
     ids = jnp.atleast_1d(jnp.asarray(ids).astype(index.ids.dtype))
     if is_traced(index, ids):
         return index.reconstruct_core(ids)[0]

@@ -101,7 +101,7 @@ def _from_state(tree, arrays):
         if spec is None:
             kwargs[name] = None
         elif "array" in spec:
-            kwargs[name] = jnp.asarray(arrays[spec["array"]])
+            kwargs[name] = _as_device_array(arrays[spec["array"]], spec["array"])
         else:
             kwargs[name] = _from_state(spec, arrays)
     cls = types[tree["type"]]
@@ -111,6 +111,19 @@ def _from_state(tree, arrays):
         return cls(**kwargs)
     except TypeError as exc:
         raise CheckpointError(f"checkpoint does not match {tree['type']}: {exc}") from exc
+
+
+def _as_device_array(a, name: str):
+    """A stored array on the device, refused (never wrapped) when its 64-bit integers
+    (ids saved under jax_enable_x64) do not fit the 32 bits this process gives them."""
+    if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.dtype.itemsize == 8 \
+            and not jax.config.jax_enable_x64:
+        info = np.iinfo(np.int32 if a.dtype.kind == "i" else np.uint32)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise CheckpointError(
+                f"array {name!r} holds 64-bit values (ids saved with jax_enable_x64) that do "
+                "not fit 32 bits: load it with jax.config.update('jax_enable_x64', True)")
+    return jnp.asarray(a)
 
 
 def _digest(a: np.ndarray) -> str:

@@ -89,20 +89,40 @@ class IDSelectorAll(IDSelector):
 
 
 class IDSelectorRange(IDSelector):
-    """imin <= id < imax."""
+    """imin <= id < imax.
 
-    _children = ("imin", "imax")
+    Held as the inclusive bounds [imin, last] within the id dtype, so bounds past it
+    (imax = 2**32 over int32 ids) select what they say instead of wrapping around."""
+
+    _children = ("imin", "last")
 
     def __init__(self, imin, imax):
         imin, imax = _integer(imin, "IDSelectorRange imin"), _integer(imax, "IDSelectorRange imax")
-        if not is_traced(imin, imax) and np.any(np.asarray(imin) > np.asarray(imax)):
+        if is_traced(imin, imax):
+            self.imin = jnp.asarray(imin, id_dtype())
+            self.last = jnp.asarray(imax, id_dtype()) - 1
+            return
+        # Python ints (object arrays: one range per query is allowed), so no bound wraps
+        imin, imax = (np.asarray(v).astype(object) for v in (imin, imax))
+        if np.any(imin > imax):
             raise InvalidInputError(f"IDSelectorRange needs imin <= imax (it selects "
                                     f"imin <= id < imax), got imin={imin} > imax={imax}")
-        self.imin = jnp.asarray(imin, id_dtype())
-        self.imax = jnp.asarray(imax, id_dtype())
+        lo, hi = (int(v) for v in (np.iinfo(id_dtype()).min, np.iinfo(id_dtype()).max))
+        empty = (imin == imax) | (imax - 1 < lo) | (imin > hi)
+        first = np.where(empty, hi, np.maximum(imin, lo))
+        last = np.where(empty, lo, np.minimum(imax - 1, hi))
+        self.imin = jnp.asarray(first.astype(np.int64), id_dtype())
+        self.last = jnp.asarray(last.astype(np.int64), id_dtype())
+
+    @property
+    def imax(self):
+        """The exclusive upper bound, as Python ints (it may not fit the id dtype)."""
+        imin, last = (np.asarray(v).astype(object) for v in (self.imin, self.last))
+        bound = np.where(last >= imin, last + 1, imin)
+        return int(bound) if bound.ndim == 0 else bound
 
     def __call__(self, ids):
-        return (ids >= self.imin) & (ids < self.imax)
+        return (ids >= self.imin) & (ids <= self.last)
 
 
 class IDSelectorBatch(IDSelector):
@@ -116,6 +136,13 @@ class IDSelectorBatch(IDSelector):
 
     def __init__(self, ids):
         a = np.unique(np.asarray(_integer(ids, "IDSelectorBatch ids")).reshape(-1))
+        # ids the id dtype cannot hold are in no index: dropped (cast, they would wrap
+        # onto other ids)
+        info = np.iinfo(id_dtype())
+        if np.issubdtype(a.dtype, np.unsignedinteger):
+            a = a[a <= info.max]
+        else:
+            a = a[(a >= info.min) & (a <= info.max)]
         n = a.shape[0]
         padded = 1 << max(0, (max(n, 1) - 1).bit_length())
         fill = a[-1] if n else 0

@@ -1,5 +1,9 @@
 """Bad input: a clear jann exception naming the problem, and the index left unchanged."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +156,44 @@ def test_selector_edge_cases():
     jann.IDSelectorRange(np.zeros(3, np.int32), np.array([4, 0, 9], np.int32))  # one per query
     with pytest.raises(jann.InvalidInputError, match="imin.*imax"):
         jann.IDSelectorRange(np.zeros(3, np.int32), np.array([4, -1, 9], np.int32))
+
+
+_X64_CHECKPOINT = """
+import sys
+import numpy as np
+import jann
+x = np.arange(40, dtype=np.float32).reshape(10, 4)
+index = jann.add(jann.index_factory(4, "IDMap,Flat"), x, ids=np.arange(10) + 2**40)
+assert index.ids.dtype == np.int64
+jann.save(index, sys.argv[1])
+"""
+
+
+def test_ids_past_the_id_dtype_match_nothing_and_never_wrap(rng, tmp_path):
+    """Ids that int32 cannot hold (without x64) are in no index: removing, reconstructing
+    or selecting them must not reach the id they would wrap to (2**32 + 3 -> 3)."""
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    index = jann.add(jann.index_factory(4, "IDMap,Flat"), x, ids=np.arange(10))
+    big = 2**32 + 3
+    kept, n = jann.remove_ids(index, [big])
+    assert n == 0 and jann.ntotal(kept) == 10
+    with pytest.raises(jann.IdNotFoundError, match=str(big)):
+        jann.reconstruct(index, [3, big])
+    _, ids = jann.search(index, x[3:4], 3, selector=jann.IDSelectorBatch([big, 2**31]))
+    assert (np.asarray(ids) == -1).all()
+    _, ids = jann.search(index, x[3:4], 10, selector=jann.IDSelectorRange(0, 2**32))
+    assert sorted(np.asarray(ids)[0].tolist()) == list(range(10))
+    _, ids = jann.search(index, x[3:4], 3, selector=jann.IDSelectorRange(-2**40, 2))
+    assert sorted(np.asarray(ids)[0].tolist()) == [-1, 0, 1]
+    nothing = jann.IDSelectorRange(2**33, 2**34)
+    assert (np.asarray(jann.search(index, x[3:4], 3, selector=nothing)[1]) == -1).all()
+    assert jann.IDSelectorRange(0, 2**32).imax == 2**31  # what the client sends on
+    # int64 ids past int32, saved under x64 and loaded without it: refused, not wrapped
+    if jax.config.jax_enable_x64:
+        pytest.skip("this process has x64: the ids fit")
+    path = tmp_path / "x64"
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    subprocess.run([sys.executable, "-c", _X64_CHECKPOINT, str(path)], env=env, check=True,
+                   timeout=120)
+    with pytest.raises(jann.CheckpointError, match="jax_enable_x64"):
+        jann.load(path)

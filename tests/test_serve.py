@@ -6,6 +6,7 @@ http.client requests, and compare its answers with direct library calls.
 """
 
 import http.client
+import os
 import json
 import re
 import sys
@@ -463,3 +464,35 @@ def test_client_refuses_what_the_server_cannot_take():
         client.search(np.zeros((1, 5), np.float32), 3, selector=~jann.IDSelectorRange(0, 3))
     with pytest.raises(jann.InvalidInputError, match="http://"):
         Client("https://example.org")
+
+
+def test_write_log_survives_a_failed_append_and_a_corrupt_tail(tmp_path, monkeypatch):
+    """A failed append (a full disk) leaves no torn bytes ahead of the next acknowledged
+    record, and a tail of zero lengths or an unreadable header never stops a replay."""
+    import errno
+    import struct
+    import zlib
+    from jann.serve import write_log
+    index = jann.add(jann.index_factory(4, "Flat"), np.zeros((2, 4), np.float32))
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    log = write_log.WriteLog(str(tmp_path), "v000001")
+    log.append("add", rows[:1], None)
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(write_log.os, "fsync", full_disk)
+    with pytest.raises(OSError):  # written, not made durable: refused, and cut off
+        log.append("add", rows[1:2], None)
+    monkeypatch.setattr(write_log.os, "fsync", real_fsync)
+    log.append("add", rows[2:3], None)  # acknowledged after the failure
+    with open(log.path, "ab") as f:  # then a tail no write ever made
+        f.write(struct.pack("<4sIQI", b"JWAL", 0, 0, 0))  # zero lengths: crc32(b"") == 0
+        body = b"{not json"
+        f.write(struct.pack("<4sIQI", b"JWL2", len(body), 0, zlib.crc32(
+            body, zlib.crc32(struct.pack("<IQ", len(body), 0)))) + body)
+    log.close()
+    replayed, records = write_log.WriteLog(str(tmp_path), "v000001").replay(index)
+    assert records == 2
+    np.testing.assert_array_equal(np.asarray(jann.reconstruct_n(replayed, 2, 2)),
+                                  rows[[0, 2]])

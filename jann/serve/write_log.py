@@ -20,9 +20,19 @@ from jann.errors import InvalidInputError
 # removes only entries starting with "v" or ".", so these names survive it.
 _WAL_PREFIX, _WAL_SUFFIX = "wal-", ".log"
 _LOCK_FILE = "serve.lock"
-# Record header: magic, header bytes, payload bytes, CRC-32 of header + payload.
+# Record header: magic, header bytes, payload bytes, CRC-32. Records "JWL2" checksum the
+# two lengths too (a record of zero lengths has crc32(b"") == 0 and passed as "JWAL"),
+# and are what this version writes; "JWAL" records (header + payload only) still replay.
 _WAL_RECORD = struct.Struct("<4sIQI")
-_WAL_MAGIC = b"JWAL"
+_WAL_MAGIC = b"JWL2"
+_WAL_MAGIC_V1 = b"JWAL"
+_WAL_OPS = ("add", "remove")
+
+
+def _record_crc(magic: bytes, header_len: int, payload_len: int, body) -> int:
+    if magic == _WAL_MAGIC_V1:
+        return zlib.crc32(body)
+    return zlib.crc32(body, zlib.crc32(struct.pack("<IQ", header_len, payload_len)))
 
 
 def _wal_name(checkpoint_version: str) -> str:
@@ -71,6 +81,10 @@ class WriteLog:
             raise InvalidInputError(f"another jann serve is serving {directory}") from None
         self.start(checkpoint_version)
 
+    def close(self) -> None:
+        """Let another writer take the checkpoint (the lock goes with the file)."""
+        self._lock.close()
+
     def start(self, checkpoint_version: str) -> None:
         """Log to the file of `checkpoint_version` and delete the logs of other versions
         (they are contained in that checkpoint, or belong to none)."""
@@ -91,17 +105,33 @@ class WriteLog:
         payload = b"".join([
             b"" if vectors is None else np.ascontiguousarray(vectors, "<f4").tobytes(),
             b"" if ids is None else np.ascontiguousarray(ids, "<i8").tobytes()])
-        crc = zlib.crc32(header + payload)
+        crc = _record_crc(_WAL_MAGIC, len(header), len(payload), header + payload)
+        record = _WAL_RECORD.pack(_WAL_MAGIC, len(header), len(payload), crc) + header + payload
         created = not os.path.exists(self.path)
-        with open(self.path, "ab") as f:
-            f.write(_WAL_RECORD.pack(_WAL_MAGIC, len(header), len(payload), crc))
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if created:                                  # make the new file's name durable
-            _fsync_dir(self.directory)
+        end = self.size
+        try:
+            with open(self.path, "ab") as f:
+                f.write(record)
+                f.flush()
+                os.fsync(f.fileno())
+            if created:                              # make the new file's name durable
+                _fsync_dir(self.directory)
+        except BaseException:
+            # A failed append (a full disk, say) may leave part of the record in the file;
+            # a later acknowledged record written after it would then be lost at replay,
+            # which stops at the torn one. Cut it off before anything else is written.
+            self._cut(end)
+            raise
         self.records += 1
+
+    def _cut(self, end: int) -> None:
+        """Truncate the log back to `end` bytes (the last whole record), durably."""
+        try:
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            pass
 
     def replay(self, index):
         """index with every complete record applied; a torn or corrupt tail (a write
@@ -129,22 +159,37 @@ class WriteLog:
 
     @staticmethod
     def _parse(data: bytes, offset: int):
+        """(end offset, op, vectors, ids) of the record at `offset`, or None where the
+        rest is not one whole, well-formed record (a torn or corrupt tail)."""
         end = offset + _WAL_RECORD.size
         if end > len(data):
             return None
         magic, header_len, payload_len, crc = _WAL_RECORD.unpack_from(data, offset)
         stop = end + header_len + payload_len
-        if magic != _WAL_MAGIC or stop > len(data) or \
-                zlib.crc32(data[end:stop]) != crc:
+        if magic not in (_WAL_MAGIC, _WAL_MAGIC_V1) or stop > len(data) or \
+                _record_crc(magic, header_len, payload_len, data[end:stop]) != crc:
             return None
-        header = json.loads(data[end:end + header_len])
+        try:
+            header = json.loads(data[end:end + header_len])
+            op, shape, n_ids = header["op"], header["shape"], header["n_ids"]
+            if op not in _WAL_OPS:
+                return None
+            count = 0
+            if shape is not None:
+                if (not isinstance(shape, list) or len(shape) != 2
+                        or not all(isinstance(v, int) and v >= 0 for v in shape)):
+                    return None
+                count = shape[0] * shape[1]
+            if n_ids is not None and (not isinstance(n_ids, int) or n_ids < 0):
+                return None
+            if 4 * count + 8 * (n_ids or 0) != payload_len:
+                return None
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
         payload = memoryview(data)[end + header_len:stop]
         vectors = ids = None
-        used = 0
-        if header["shape"] is not None:
-            count = int(np.prod(header["shape"]))
-            vectors = np.frombuffer(payload, "<f4", count).reshape(header["shape"])
-            used = 4 * count
-        if header["n_ids"] is not None:
-            ids = np.frombuffer(payload, "<i8", header["n_ids"], used)
-        return stop, header["op"], vectors, ids
+        if shape is not None:
+            vectors = np.frombuffer(payload, "<f4", count).reshape(shape)
+        if n_ids is not None:
+            ids = np.frombuffer(payload, "<i8", n_ids, 4 * count)
+        return stop, op, vectors, ids
