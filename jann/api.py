@@ -264,6 +264,11 @@ def _search_jit(index, xq, k, selector, static, dynamic):
     return _search_impl(index, xq, k, selector, (static, dynamic))
 
 
+# The most results (queries x k) one search call returns: 2**28 (2 GiB of distances and
+# ids); asking for more is refused rather than left to exhaust memory.
+MAX_RESULTS = 1 << 28
+
+
 def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     """The k nearest stored vectors of each query: (distances (nq, k) float32, ids (nq, k)).
 
@@ -276,11 +281,25 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
     k = check_k(k)
     require_trained(index, "search")
     check_selector(selector)
+    asked = params
     params = search_program_params(index, params)
     xq = _as_input(index, xq, "queries")
     if is_traced(index, xq, selector):
         return _search_impl(index, xq, k, selector, params)[:2]
     nq = xq.shape[0]
+    if nq * k > MAX_RESULTS:
+        raise InvalidInputError(
+            f"{nq} queries x k={k} is {nq * k} results, more than jann returns in one call "
+            f"({MAX_RESULTS}); ask for fewer neighbours or fewer queries per call")
+    if k > max(index.capacity, 1):
+        # No index returns more rows than it holds: the rest is FAISS's padding (-1),
+        # made here instead of searched for.
+        distances, ids = search(index, xq, max(index.capacity, 1), selector=selector,
+                                **asked)
+        fill = -jnp.inf if dist_ops.is_similarity(index.metric) else jnp.inf
+        pad = ((0, 0), (0, k - distances.shape[1]))
+        return (jnp.pad(distances, pad, constant_values=fill),
+                jnp.pad(ids, pad, constant_values=-1))
     out_d, out_i = [], []
     skips_padding = index.skips_padded_queries
     static, dynamic = params

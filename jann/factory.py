@@ -55,6 +55,9 @@ __all__ = ["GRAMMAR", "index_factory"]
 GRAMMAR = __doc__[__doc__.index("Grammar"):].strip()
 
 
+MAX_FACTORY_NUMBER = 1 << 26  # 67M: nlist, graph degree, bits, dimensions
+
+
 def _fail(description, why):
     raise FactoryStringError(f"cannot parse factory string {description!r}: {why}\n{GRAMMAR}")
 
@@ -242,6 +245,12 @@ def index_factory(d: int, description: str, metric: str = "l2", *, metric_arg: f
         raise InvalidInputError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     if metric == "lp" and not metric_arg > 0:
         raise InvalidInputError(f"the lp metric needs metric_arg = p > 0, got {metric_arg}")
+    # Sizes past any real index (nlist, M, bits, dimensions) are refused here, before an
+    # array of that size is asked for.
+    for number in re.findall(r"\d+", description):
+        if int(number) > MAX_FACTORY_NUMBER:
+            _fail(description, f"{number} is larger than any size jann allocates "
+                               f"(at most {MAX_FACTORY_NUMBER})")
     tokens = _split(description)
     if any(not t for t in tokens):
         _fail(description, "empty component")

@@ -197,3 +197,17 @@ def test_ids_past_the_id_dtype_match_nothing_and_never_wrap(rng, tmp_path):
                    timeout=120)
     with pytest.raises(jann.CheckpointError, match="jax_enable_x64"):
         jann.load(path)
+
+
+def test_huge_k_is_padded_not_searched_and_absurd_sizes_are_refused(rng):
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    index = jann.add(jann.index_factory(4, "Flat"), x)
+    D, I = jann.search(index, x[:2], 10**6)  # past the capacity: FAISS's -1 padding
+    assert I.shape == (2, 10**6) and (np.asarray(I)[:, 50:] == -1).all()
+    assert sorted(np.asarray(I)[0, :50].tolist()) == list(range(50))
+    assert np.isinf(np.asarray(D)[:, 50:]).all()
+    with pytest.raises(jann.InvalidInputError, match="results"):
+        jann.search(index, x[:2], 10**9)
+    for description in ("IVF99999999999999999999,Flat", "HNSW999999999"):
+        with pytest.raises(jann.FactoryStringError, match="larger than"):
+            jann.index_factory(4, description)
