@@ -25,9 +25,11 @@ reading only the shards its devices need (see `jann.sharding` for the redistribu
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -282,12 +284,30 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
+_VERSION_RE = re.compile(r"v\d{6,}")
+# What save writes besides versions, and so may delete: staging folders and LATEST's
+# temporary files (nothing else in the directory is touched).
+_OWN_TEMPORARY_RE = re.compile(r"\.tmp-v\d{6,}-[0-9a-f]+|\.LATEST\.[0-9a-f]{8}")
+_SAVE_LOCK = ".jann-save.lock"
+
+
 def current_version(path: str) -> str | None:
+    """The version LATEST names ("v000012"), None without LATEST; anything else in it (a
+    path, bytes) is a CheckpointError, never followed."""
     try:
-        with open(os.path.join(path, _LATEST)) as f:
-            return f.read().strip() or None
+        with open(os.path.join(path, _LATEST), "rb") as f:
+            raw = f.read(64)
     except FileNotFoundError:
         return None
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = None
+    if not text:
+        return None
+    if text is None or not _VERSION_RE.fullmatch(text):
+        raise CheckpointError(f"{path}: {_LATEST} does not name a version ({raw[:32]!r})")
+    return text
 
 
 def _agreed(number: int, token: int) -> tuple[int, int]:
@@ -316,11 +336,25 @@ def save(index, path) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise CheckpointError(f"{path} exists and is not a checkpoint directory")
-    if os.path.isdir(path) and os.listdir(path) and current_version(path) is None:
+    if os.path.isdir(path) and set(os.listdir(path)) - {_SAVE_LOCK} and \
+            current_version(path) is None:
         raise CheckpointError(f"{path} is a non-empty directory that is not a jann "
                               "checkpoint; refusing to write into it")
     primary = jax.process_index() == 0
     config, arrays = _config(index)
+    if not primary:
+        return _save(path, config, arrays, primary)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, _SAVE_LOCK), "w") as lock:
+        try:  # one writer at a time; the kernel drops the lock if the process dies
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"{path}: another jann.save is writing this checkpoint"
+                                  ) from None
+        return _save(path, config, arrays, primary)
+
+
+def _save(path: str, config: dict, arrays: dict, primary: bool) -> str:
     previous = current_version(path)
     number, token = _agreed(
         int(previous[1:]) + 1 if previous and previous[1:].isdigit() else 1,
@@ -354,9 +388,12 @@ def save(index, path) -> str:
     _barrier("published")
     if not primary:
         return version
+    # Old versions go, but the one LATEST named until now stays until the next save: a
+    # reader that read LATEST just before the swap is still loading it.
     for entry in os.listdir(path):
-        if entry != version and entry != _LATEST and (
-                entry.startswith("v") or entry.startswith(".")):
+        if entry in (version, previous, _LATEST, _SAVE_LOCK):
+            continue
+        if _VERSION_RE.fullmatch(entry) or _OWN_TEMPORARY_RE.fullmatch(entry):
             full = os.path.join(path, entry)
             shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
     return version
@@ -374,9 +411,24 @@ def load(path, mesh=None, *, axis: str | None = None):
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a jann checkpoint (no such directory)")
-    version = current_version(path)
-    if version is None or not os.path.isdir(os.path.join(path, version)):
-        raise CheckpointError(f"{path} is not a jann checkpoint (no {_LATEST} version)")
+    for _ in range(_LOAD_ATTEMPTS):
+        version = current_version(path)
+        if version is None or not os.path.isdir(os.path.join(path, version)):
+            raise CheckpointError(f"{path} is not a jann checkpoint (no {_LATEST} version)")
+        try:
+            return _load_version(path, version, mesh, axis)
+        except (CheckpointError, OSError):
+            # A save that finished meanwhile may have deleted the version being read
+            # (a save keeps one older version): read the new LATEST instead.
+            if current_version(path) == version:
+                raise
+    raise CheckpointError(f"{path}: saved over {_LOAD_ATTEMPTS} times while loading")
+
+
+_LOAD_ATTEMPTS = 5
+
+
+def _load_version(path: str, version: str, mesh, axis):
     where = f"checkpoint {path} ({version})"
     try:
         with open(os.path.join(path, version, "config.json")) as f:

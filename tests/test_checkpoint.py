@@ -1,7 +1,9 @@
 """save / load (Orbax) and serialize / deserialize round trips, atomicity, corruption."""
 
 import json
+import fcntl
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -56,7 +58,15 @@ def test_resave_replaces_atomically_and_keeps_one_version(rng, tmp_path):
     second = jann.add(first, rng.standard_normal((5, 8)).astype(np.float32), ids=[1, 2, 3, 4, 6])
     assert jann.save(second, path) == "v000002"
     assert jann.ntotal(jann.load(path)) == 105
-    assert sorted(os.listdir(path)) == ["LATEST", "v000002"]
+    # the version LATEST named before stays until the next save (a reader may be on it),
+    # and nothing save did not write is touched
+    (path / "vectors_backup.npy").write_bytes(b"mine")
+    (path / ".gitignore").write_text("*\n")
+    assert sorted(os.listdir(path)) == [".gitignore", ".jann-save.lock", "LATEST", "v000001",
+                                        "v000002", "vectors_backup.npy"]
+    assert jann.save(first, path) == "v000003"
+    assert sorted(os.listdir(path)) == [".gitignore", ".jann-save.lock", "LATEST", "v000002",
+                                        "v000003", "vectors_backup.npy"]
 
 
 def test_crash_mid_save_leaves_previous_checkpoint(rng, tmp_path, monkeypatch):
@@ -138,3 +148,42 @@ def test_not_a_checkpoint(tmp_path):
         jann.load(tmp_path / "plain")
     with pytest.raises(jann.CheckpointError, match="refusing"):
         jann.save(flat(3), tmp_path / "plain")
+
+
+def test_loads_during_saves_see_a_whole_version_and_writers_take_turns(rng, tmp_path):
+    path = tmp_path / "ckpt"
+    indexes = [_index(rng, n=100 + i) for i in range(2)]
+    jann.save(indexes[0], path)
+    done, loaded, errors = threading.Event(), [], []
+
+    def reader():
+        while not done.is_set():
+            try:
+                loaded.append(jann.ntotal(jann.load(path)))
+            except Exception as e:  # noqa: BLE001  (the test fails on any)
+                errors.append(repr(e))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(12):
+            jann.save(indexes[i % 2], path)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors and loaded and set(loaded) <= {100, 101}
+    # A second writer while one holds the checkpoint: a clear error, nothing written.
+    with open(path / ".jann-save.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(jann.CheckpointError, match="another jann.save"):
+            jann.save(indexes[1], path)
+    assert jann.ntotal(jann.load(path)) == 101
+
+
+@pytest.mark.parametrize("latest", [b"../elsewhere", b"/tmp", b"\xff\xfe\x00", b"v1/../../x"])
+def test_latest_naming_anything_but_a_version_is_refused(rng, tmp_path, latest):
+    path = tmp_path / "ckpt"
+    jann.save(_index(rng, n=10), path)
+    (path / "LATEST").write_bytes(latest)
+    with pytest.raises(jann.CheckpointError, match="LATEST"):
+        jann.load(path)
