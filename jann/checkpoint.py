@@ -200,6 +200,30 @@ def _check_shards(arrays: dict, specs: dict, where: str) -> None:
                                       "checksum (truncated or modified)")
 
 
+def _sealed(config: dict) -> dict:
+    """config with a SHA-256 of its canonical JSON (the arrays carry their own): a flipped
+    bit in the metadata is then a CheckpointError, not a KeyError or another index."""
+    return {**config, "sha256": _config_digest(config)}
+
+
+def _config_digest(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _unsealed(config, where: str) -> dict:
+    """config without its checksum, verified (checkpoints older than the checksum have
+    none and are taken as they are)."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} is not a jann index checkpoint")
+    config = dict(config)
+    digest = config.pop("sha256", None)
+    if digest is not None and digest != _config_digest(config):
+        raise CheckpointError(f"{where}: the metadata does not match its checksum "
+                              "(truncated or modified)")
+    return config
+
+
 def _check_config(config, where: str) -> None:
     if not isinstance(config, dict) or config.get("format") != _FORMAT:
         raise CheckpointError(f"{where} is not a jann index checkpoint")
@@ -220,7 +244,13 @@ def _verified(config, arrays, where: str):
                 _digest(a) != spec["sha256"]:
             raise CheckpointError(f"{where}: array {name!r} does not match its checksum "
                                   "(truncated or modified)")
-    return _from_state(config["index"], arrays)
+    try:
+        return _from_state(config["index"], arrays)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{where}: the metadata does not describe an index ({exc!r})"
+                              ) from exc
 
 
 # --------------------------------------------------------------------------- bytes
@@ -234,7 +264,7 @@ def serialize(index) -> bytes:
     for name, a in arrays.items():
         config["arrays"][name]["offset"] = offset
         offset += a.nbytes
-    header = json.dumps(config, sort_keys=True).encode()
+    header = json.dumps(_sealed(config), sort_keys=True).encode()
     body = b"".join(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
                     for a in arrays.values())
     return _MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + header + body
@@ -257,9 +287,10 @@ def deserialize(data: bytes):
         raise CheckpointError(f"{where}: truncated header")
     try:
         config = json.loads(data[fixed:fixed + header_len])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{where}: corrupt header") from exc
     _check_config(config, where)
+    config = _unsealed(config, where)
     body = memoryview(data)[fixed + header_len:]
     arrays = {}
     try:
@@ -372,7 +403,7 @@ def _save(path: str, config: dict, arrays: dict, primary: bool) -> str:
             checkpointer.wait_until_finished()
         if primary:
             with open(os.path.join(staging, "config.json"), "w") as f:
-                json.dump(config, f, indent=1, sort_keys=True)
+                json.dump(_sealed(config), f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(staging, os.path.join(path, version))
@@ -426,16 +457,18 @@ def load(path, mesh=None, *, axis: str | None = None):
 
 
 _LOAD_ATTEMPTS = 5
+_MAX_CONFIG_BYTES = 64 << 20  # metadata only: an index's config is a few kB
 
 
 def _load_version(path: str, version: str, mesh, axis):
     where = f"checkpoint {path} ({version})"
     try:
-        with open(os.path.join(path, version, "config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as exc:
+        with open(os.path.join(path, version, "config.json"), "rb") as f:
+            config = json.loads(f.read(_MAX_CONFIG_BYTES + 1))
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{where}: unreadable config.json ({exc})") from exc
-    _check_config(config, where)
+    _check_config(config, where)  # a newer format first: its seal may differ
+    config = _unsealed(config, where)
     placement = config.get("placement")
     sharded = placement is not None and placement.get("mode") == "shard"
     shardings, finish = {}, None

@@ -187,3 +187,39 @@ def test_latest_naming_anything_but_a_version_is_refused(rng, tmp_path, latest):
     (path / "LATEST").write_bytes(latest)
     with pytest.raises(jann.CheckpointError, match="LATEST"):
         jann.load(path)
+
+
+@pytest.mark.filterwarnings("ignore:.*training points")
+def test_every_metadata_byte_flipped_is_caught_or_harmless(rng, tmp_path):
+    """A flipped bit anywhere in the metadata (config.json of a save, the header of
+    serialize) raises CheckpointError, or loads an identical index: never a raw
+    exception or another index."""
+    xb = rng.standard_normal((300, 8)).astype(np.float32)
+    index = jann.add(jann.train(jann.index_factory(8, "IVF4,PQ2"), xb, key=0), xb)
+    blob = jann.serialize(index)
+    header_len = int.from_bytes(blob[12:20], "little")
+    start = len(b"JANNIDX\x00") + 12
+    want = jann.search(index, np.asarray(index.centroids[:3]), 5, nprobe=4)
+    outcomes = {"refused": 0, "same": 0}
+    for pos in range(start, start + header_len, 7):  # every 7th byte: ~0.3 s
+        flipped = bytearray(blob)
+        flipped[pos] ^= 0x10
+        try:
+            got = jann.deserialize(bytes(flipped))
+        except jann.CheckpointError:
+            outcomes["refused"] += 1
+            continue
+        for a, b in zip(want, jann.search(got, np.asarray(index.centroids[:3]), 5, nprobe=4)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        outcomes["same"] += 1
+    assert outcomes["refused"] > 0
+    path = tmp_path / "ckpt"
+    jann.save(index, path)
+    config = next(path.glob("v*/config.json"))
+    text = config.read_text()
+    config.write_text(text.replace('"l2"', '"ip"', 1))  # an edit: metric l2 -> ip
+    with pytest.raises(jann.CheckpointError, match="checksum"):
+        jann.load(path)
+    config.write_text("[" * 100_000)
+    with pytest.raises(jann.CheckpointError):
+        jann.load(path)
