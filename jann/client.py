@@ -9,7 +9,8 @@
     with ServerProcess("ckpt/", "--max-batch", "64") as server:   # a local server to try
         D, I = server.client().search(xq, 10)
 
-Only the standard library's http.client is used (no extra to install). A Client may be
+HTTP goes through the standard library's http.client (no extra to install); importing
+this module imports jann, and with it jax. A Client may be
 shared by threads: each thread keeps its own persistent (keep-alive) connection.
 Errors the server reports for bad input are raised as the same jann exception the library
 would raise (InvalidInputError, DuplicateIdError, ...); others as `ServerError`.
