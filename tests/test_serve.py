@@ -66,6 +66,21 @@ def ivf_server(ivf, tmp_path_factory):
     server.stop()
 
 
+def test_request_values_are_checked_as_the_library_checks_them(ivf_server, fmnist):
+    row = fmnist["queries"][0].tolist()
+    for bad in ([[str(v) for v in row]], [[True] + row[1:]], [[None] + row[1:]]):
+        status, answer = ivf_server.request("POST", "/search", {"vectors": bad, "k": 3})
+        assert status == 422 and "numbers only" in answer["error"]["message"]
+    status, answer = ivf_server.request("POST", "/search", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and answer["error"]["type"] == "MalformedJSON"
+    before = ivf_server.request("GET", "/health")[1]["version"]
+    status, answer = ivf_server.request("POST", "/add", {"vectors": []}, token=TOKEN)
+    assert status == 200 and answer["added"] == 0 and answer["version"] == before
+    # where the checkpoint lives is shown to token holders only
+    assert "path" not in ivf_server.request("GET", "/stats")[1]["checkpoint"]
+    assert "path" in ivf_server.request("GET", "/stats", token=TOKEN)[1]["checkpoint"]
+
+
 def test_first_id_of_an_ivf_add_after_removals_is_new(ivf, fmnist):
     """The server's answer names the ids the rows got: after removing the last ids an IVF
     index goes on past them (FAISS would give them again)."""

@@ -86,16 +86,23 @@ async def _health(service: SearchService, request) -> JSONResponse:
 
 
 async def _stats(service: SearchService, request) -> JSONResponse:
-    return JSONResponse(service.stats())
+    stats = service.stats()
+    if not _is_authorized(service.config.token, request):  # where the files are: owners only
+        stats["checkpoint"].pop("path", None)
+    return JSONResponse(stats)
 
 
 # ------------------------------------------------------------------------ wrapping
-def _authorize(token: str | None, request) -> None:
+def _is_authorized(token: str | None, request) -> bool:
     if token is None:
-        return
+        return True
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()):
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
+
+
+def _authorize(token: str | None, request) -> None:
+    if not _is_authorized(token, request):
         raise HTTPError(401, "this endpoint needs 'Authorization: Bearer <token>' with "
                              "the server's token", "Unauthorized")
 

@@ -70,6 +70,11 @@ def parse_vectors(value, d: int, metric: str, name: str = "vectors") -> np.ndarr
         return np.zeros((0, d), np.float32)
     if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
         raise InvalidInputError(f"{name} must be a list of rows (a 2-D array (n, d))")
+    # numbers only: numpy would turn "0.5" and true into floats, which the library refuses
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for row in value for v in row):
+        raise InvalidInputError(f"{name} must hold numbers only (no strings, booleans, "
+                                "nested lists or nulls)")
     try:
         x = np.asarray(value, np.float64)
     except (TypeError, ValueError):
@@ -131,6 +136,8 @@ async def read_json(request, limit: int) -> dict:
             json.loads(data)
     except ValueError as exc:                        # includes UnicodeDecodeError
         raise HTTPError(400, f"malformed JSON: {exc}", "MalformedJSON") from None
+    except RecursionError:
+        raise HTTPError(400, "malformed JSON: nested too deeply", "MalformedJSON") from None
     if not isinstance(body, dict):
         raise HTTPError(400, f"the body must be a JSON object, got {type(body).__name__}",
                         "MalformedJSON")

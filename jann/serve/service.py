@@ -250,7 +250,7 @@ class SearchService:
     def _write(self, op, vectors, ids) -> dict:
         state = self.current
         index, info = apply_write(state.index, op, vectors, ids)
-        if op == "remove" and info["removed"] == 0:       # nothing changed: nothing to log
+        if info.get("removed", info.get("added")) == 0:  # nothing changed: nothing to log
             return {**info, "version": state.version, "ntotal": state.ntotal, "durable": True}
         self.warm(index)                      # compile off the request path, before the swap
         self._log.append(op, vectors, ids)
