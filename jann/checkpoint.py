@@ -212,8 +212,7 @@ def _config_digest(config: dict) -> str:
 
 
 def _unsealed(config, where: str) -> dict:
-    """config without its checksum, verified (checkpoints older than the checksum have
-    none and are taken as they are)."""
+    """config without its checksum, verified (older checkpoints have none)."""
     if not isinstance(config, dict):
         raise CheckpointError(f"{where} is not a jann index checkpoint")
     config = dict(config)
@@ -323,8 +322,7 @@ _SAVE_LOCK = ".jann-save.lock"
 
 
 def current_version(path: str) -> str | None:
-    """The version LATEST names ("v000012"), None without LATEST; anything else in it (a
-    path, bytes) is a CheckpointError, never followed."""
+    """The version LATEST names, None without LATEST; anything else (a path) is refused."""
     try:
         with open(os.path.join(path, _LATEST), "rb") as f:
             raw = f.read(64)

@@ -1,0 +1,200 @@
+"""FAISS index files read without faiss: `jann.read_faiss(path_or_bytes)`.
+
+FAISS writes an index as its class's fields in order, each object behind a four-byte
+code naming its class (faiss/impl/index_read.cpp is the reference). Read so far:
+IndexFlatL2 / IndexFlatIP ("IxF2" / "IxFI"), IndexIDMap / IndexIDMap2 ("IxMp" / "IxM2")
+around them or an IVF index, and IndexIVFFlat ("IwFl") with array inverted lists
+("ilar"). Any other class raises `FileFormatError` naming it. Every size field is
+checked against the bytes left before anything is allocated, so a truncated or
+tampered file fails cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+
+import numpy as np
+
+from jann.api import add, add_preassigned
+from jann.errors import FileFormatError
+from jann.factory import index_factory
+
+__all__ = ["read_faiss"]
+
+# FAISS's MetricType values and the jann metric each is.
+_METRICS = {0: "ip", 1: "l2"}
+_FLAT = {b"IxF2": "l2", b"IxFI": "ip"}
+
+
+class _Reader:
+    """Little-endian fields of a byte string, every length checked against what is left."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise FileFormatError(f"FAISS file truncated or corrupt: {n} bytes wanted at "
+                                  f"offset {self.pos}, {len(self.data) - self.pos} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def scalar(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def fourcc(self) -> bytes:
+        return self.take(4)
+
+    def array(self, dtype, count: int | None = None) -> np.ndarray:
+        """A FAISS vector: its element count (size_t) unless given, then the elements."""
+        dtype = np.dtype(dtype).newbyteorder("<")
+        n = self.scalar("Q") if count is None else count
+        if n > (len(self.data) - self.pos) // max(dtype.itemsize, 1):
+            raise FileFormatError(f"FAISS file truncated or corrupt: a vector of {n} "
+                                  f"elements at offset {self.pos} is longer than the file")
+        return np.frombuffer(self.take(n * dtype.itemsize), dtype).astype(dtype.newbyteorder("="))
+
+
+def _header(r: _Reader) -> dict:
+    """FAISS's Index fields: d, ntotal, two unused words, is_trained, metric."""
+    d, ntotal = r.scalar("i"), r.scalar("q")
+    r.scalar("q"), r.scalar("q")
+    is_trained, metric = r.scalar("B"), r.scalar("i")
+    if metric > 1:
+        r.scalar("f")  # metric_arg of the other metrics
+    if metric not in _METRICS:
+        raise FileFormatError(f"FAISS metric type {metric} is not read by jann (L2 and "
+                              "inner product are)")
+    if d <= 0 or ntotal < 0:
+        raise FileFormatError(f"FAISS file corrupt: d={d}, ntotal={ntotal}")
+    return {"d": d, "ntotal": ntotal, "is_trained": bool(is_trained),
+            "metric": _METRICS[metric]}
+
+
+def _flat_vectors(r: _Reader, head: dict) -> np.ndarray:
+    values = r.array(np.float32)
+    if values.size != head["d"] * head["ntotal"]:
+        raise FileFormatError(f"FAISS flat index corrupt: {values.size} values for "
+                              f"{head['ntotal']} x {head['d']}")
+    return values.reshape(head["ntotal"], head["d"])
+
+
+def _inverted_lists(r: _Reader, nlist: int, code_size: int):
+    """(list of each row, codes (n, code_size) uint8, ids (n,)) of array inverted lists."""
+    kind = r.fourcc()
+    if kind != b"ilar":
+        raise FileFormatError(f"FAISS inverted lists {kind!r} are not read by jann "
+                              "(array lists 'ilar' are; on-disk lists are not)")
+    if r.scalar("Q") != nlist or r.scalar("Q") != code_size:
+        raise FileFormatError("FAISS inverted lists do not match their index")
+    layout = r.fourcc()
+    if layout == b"full":
+        sizes = r.array(np.uint64)
+        if sizes.size != nlist:
+            raise FileFormatError("FAISS inverted lists corrupt: list count")
+    elif layout == b"sprs":
+        pairs = r.array(np.uint64)
+        if pairs.size % 2 or (pairs.size and pairs[::2].max() >= nlist):
+            raise FileFormatError("FAISS inverted lists corrupt: sparse sizes")
+        sizes = np.zeros(nlist, np.uint64)
+        sizes[pairs[::2].astype(np.int64)] = pairs[1::2]
+    else:
+        raise FileFormatError(f"FAISS inverted lists layout {layout!r} unknown")
+    lists, codes, ids = [], [], []
+    for i, size in enumerate(sizes.tolist()):
+        if size:
+            codes.append(r.array(np.uint8, size * code_size).reshape(size, code_size))
+            ids.append(r.array(np.int64, size))
+            lists.append(np.full(size, i, np.int32))
+    if not lists:
+        return (np.zeros(0, np.int32), np.zeros((0, code_size), np.uint8),
+                np.zeros(0, np.int64))
+    return np.concatenate(lists), np.concatenate(codes), np.concatenate(ids)
+
+
+def _ivf_flat(r: _Reader, head: dict) -> dict:
+    nlist = r.scalar("Q")
+    r.scalar("Q")  # nprobe: a search parameter in jann
+    quantizer = _read(r)
+    if quantizer["kind"] != "flat" or quantizer["vectors"].shape != (nlist, head["d"]):
+        raise FileFormatError("FAISS IVF index corrupt: its quantizer does not hold "
+                              f"{nlist} flat centroids of dimension {head['d']}")
+    if r.scalar("B") != 0:  # direct map type: none, array or hash
+        raise FileFormatError("FAISS IVF index with a direct map is not read by jann yet")
+    r.array(np.int64)  # the (empty) direct map array
+    lists, codes, ids = _inverted_lists(r, nlist, 4 * head["d"])
+    if ids.size != head["ntotal"]:
+        raise FileFormatError("FAISS IVF index corrupt: its lists do not hold ntotal rows")
+    return {"kind": "ivf_flat", "d": head["d"], "metric": head["metric"], "nlist": nlist,
+            "centroids": quantizer["vectors"], "lists": lists, "ids": ids,
+            "vectors": codes.view("<f4").astype(np.float32).reshape(-1, head["d"])}
+
+
+def _read(r: _Reader) -> dict:
+    """The parts of the next index in the file (vectors, ids, centroids, ...)."""
+    code = r.fourcc()
+    if code in _FLAT:
+        head = _header(r)
+        return {"kind": "flat", "d": head["d"], "metric": head["metric"], "ids": None,
+                "vectors": _flat_vectors(r, head)}
+    if code == b"IwFl":
+        return _ivf_flat(r, _header(r))
+    if code in (b"IxMp", b"IxM2"):
+        head = _header(r)
+        inner = _read(r)
+        id_map = r.array(np.int64)
+        n = inner["vectors"].shape[0]
+        if id_map.size != n or head["ntotal"] != n:
+            raise FileFormatError("FAISS IDMap corrupt: its ids do not match its vectors")
+        internal = np.arange(n) if inner["ids"] is None else inner["ids"]
+        if internal.size and (internal.min() < 0 or internal.max() >= n):
+            raise FileFormatError("FAISS IDMap corrupt: an inner id past its id map")
+        return {**inner, "ids": id_map[internal], "id_mode": "idmap2" if code == b"IxM2"
+                else "idmap"}
+    raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
+                          "IndexFlat, IndexIDMap / IDMap2 and IndexIVFFlat)")
+
+
+def _build(parts: dict):
+    """The jann index of the parts, with FAISS's ids (sequential where they are 0..n-1)."""
+    ids, vectors = parts["ids"], parts["vectors"]
+    lists = parts.get("lists")
+    if ids is not None:
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], vectors[order]
+        lists = None if lists is None else lists[order]
+    mode = parts.get("id_mode", "sequential")
+    if mode == "sequential" and ids is not None and not np.array_equal(
+            ids, np.arange(ids.size)):
+        mode = "idmap"  # FAISS IVF keeps ids after removals: gaps need an id map
+    prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
+    given = None if mode == "sequential" else ids
+    if parts["kind"] == "flat":
+        index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
+        return add(index, vectors, given)
+    index = index_factory(parts["d"], f"{prefix}IVF{parts['nlist']},Flat", parts["metric"])
+    index = dataclasses.replace(index.with_centroids(parts["centroids"]), is_trained=True)
+    return add_preassigned(index, vectors, lists, given)
+
+
+def read_faiss(source) -> object:
+    """The jann index a FAISS index file holds (`faiss.write_index` output, a path or the
+    bytes / `faiss.serialize_index` array). Ids and search results are FAISS's: the
+    same ids at the same nprobe."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            data = f.read()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, np.ndarray) and source.dtype == np.uint8:
+        data = source.tobytes()
+    else:
+        raise FileFormatError(f"read_faiss takes a path or bytes, got {type(source).__name__}")
+    r = _Reader(data)
+    parts = _read(r)
+    if r.pos != len(data):
+        raise FileFormatError(f"FAISS file has {len(data) - r.pos} bytes past its index")
+    return _build(parts)
