@@ -3,8 +3,8 @@
 FAISS writes an index as its class's fields in order, each object behind a four-byte
 code naming its class (faiss/impl/index_read.cpp is the reference). Read so far:
 IndexFlatL2 / IndexFlatIP ("IxF2" / "IxFI"), IndexIDMap / IndexIDMap2 ("IxMp" / "IxM2")
-around them or an IVF index, and IndexIVFFlat ("IwFl") with array inverted lists
-("ilar"). Any other class raises `FileFormatError` naming it. Every size field is
+around them or an IVF index, IndexIVFFlat ("IwFl") and IndexIVFPQ with 8-bit codes
+("IwPQ", its codes kept as they are) with array inverted lists ("ilar"). Any other class raises `FileFormatError` naming it. Every size field is
 checked against the bytes left before anything is allocated, so a truncated or
 tampered file fails cleanly.
 """
@@ -12,14 +12,18 @@ tampered file fails cleanly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import struct
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jann.api import add, add_preassigned
+from jann.api import add, add_preassigned, reserve
 from jann.errors import FileFormatError
 from jann.factory import index_factory
+from jann.ops.distances import squared_norms
 
 __all__ = ["read_faiss"]
 
@@ -115,7 +119,9 @@ def _inverted_lists(r: _Reader, nlist: int, code_size: int):
     return np.concatenate(lists), np.concatenate(codes), np.concatenate(ids)
 
 
-def _ivf_flat(r: _Reader, head: dict) -> dict:
+def _ivf_common(r: _Reader, head: dict) -> dict:
+    """The fields every FAISS IVF index starts with: nlist, nprobe, its quantizer and
+    direct map."""
     nlist = r.scalar("Q")
     r.scalar("Q")  # nprobe: a search parameter in jann
     quantizer = _read(r)
@@ -125,12 +131,35 @@ def _ivf_flat(r: _Reader, head: dict) -> dict:
     if r.scalar("B") != 0:  # direct map type: none, array or hash
         raise FileFormatError("FAISS IVF index with a direct map is not read by jann yet")
     r.array(np.int64)  # the (empty) direct map array
-    lists, codes, ids = _inverted_lists(r, nlist, 4 * head["d"])
+    return {"d": head["d"], "metric": head["metric"], "nlist": nlist,
+            "centroids": quantizer["vectors"]}
+
+
+def _ivf_flat(r: _Reader, head: dict) -> dict:
+    parts = _ivf_common(r, head)
+    lists, codes, ids = _inverted_lists(r, parts["nlist"], 4 * head["d"])
     if ids.size != head["ntotal"]:
         raise FileFormatError("FAISS IVF index corrupt: its lists do not hold ntotal rows")
-    return {"kind": "ivf_flat", "d": head["d"], "metric": head["metric"], "nlist": nlist,
-            "centroids": quantizer["vectors"], "lists": lists, "ids": ids,
+    return {**parts, "kind": "ivf_flat", "lists": lists, "ids": ids,
             "vectors": codes.view("<f4").astype(np.float32).reshape(-1, head["d"])}
+
+
+def _ivf_pq(r: _Reader, head: dict) -> dict:
+    parts = _ivf_common(r, head)
+    by_residual = bool(r.scalar("B"))
+    code_size = r.scalar("Q")
+    d, M, nbits = r.scalar("Q"), r.scalar("Q"), r.scalar("Q")
+    if d != head["d"] or not 0 < M <= d or d % M or nbits != 8 or code_size != M:
+        raise FileFormatError(f"FAISS IVF-PQ with d={d}, M={M}, nbits={nbits}, code size "
+                              f"{code_size} is not read by jann (8-bit codes are)")
+    centroids = r.array(np.float32)
+    if centroids.size != M * 256 * (d // M):
+        raise FileFormatError("FAISS product quantizer corrupt: centroid count")
+    lists, codes, ids = _inverted_lists(r, parts["nlist"], code_size)
+    if ids.size != head["ntotal"]:
+        raise FileFormatError("FAISS IVF index corrupt: its lists do not hold ntotal rows")
+    return {**parts, "kind": "ivf_pq", "by_residual": by_residual, "M": M, "lists": lists,
+            "ids": ids, "vectors": codes, "pq": centroids.reshape(M, 256, d // M)}
 
 
 def _read(r: _Reader) -> dict:
@@ -142,6 +171,8 @@ def _read(r: _Reader) -> dict:
                 "vectors": _flat_vectors(r, head)}
     if code == b"IwFl":
         return _ivf_flat(r, _header(r))
+    if code == b"IwPQ":
+        return _ivf_pq(r, _header(r))
     if code in (b"IxMp", b"IxM2"):
         head = _header(r)
         inner = _read(r)
@@ -155,7 +186,7 @@ def _read(r: _Reader) -> dict:
         return {**inner, "ids": id_map[internal], "id_mode": "idmap2" if code == b"IxM2"
                 else "idmap"}
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
-                          "IndexFlat, IndexIDMap / IDMap2 and IndexIVFFlat)")
+                          "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat and IndexIVFPQ)")
 
 
 def _build(parts: dict):
@@ -175,9 +206,36 @@ def _build(parts: dict):
     if parts["kind"] == "flat":
         index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
         return add(index, vectors, given)
-    index = index_factory(parts["d"], f"{prefix}IVF{parts['nlist']},Flat", parts["metric"])
-    index = dataclasses.replace(index.with_centroids(parts["centroids"]), is_trained=True)
-    return add_preassigned(index, vectors, lists, given)
+    codes = "Flat" if parts["kind"] == "ivf_flat" else f"PQ{parts['M']}"
+    index = index_factory(parts["d"], f"{prefix}IVF{parts['nlist']},{codes}", parts["metric"])
+    index = index.with_centroids(parts["centroids"])
+    if parts["kind"] == "ivf_flat":
+        return add_preassigned(dataclasses.replace(index, is_trained=True), vectors, lists,
+                               given)
+    codec = dataclasses.replace(index.codec, centroids=jnp.asarray(parts["pq"]),
+                                is_trained=True)
+    index = dataclasses.replace(index, codec=codec, by_residual=parts["by_residual"],
+                                is_trained=True)
+    return _with_codes(index, lists, vectors, ids if ids is not None else
+                       np.arange(len(vectors)))
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _insert(index, lists, codes, ids, n):
+    norms = squared_norms(index.codec.decode(codes))
+    return index.insert_rows(lists, codes, norms, ids, n, jnp.bool_(True))
+
+
+def _with_codes(index, lists, codes, ids):
+    """index holding FAISS's codes as they are (decoding and encoding again could move
+    a code on a tie): rows inserted into their lists, numbering past the largest id."""
+    n = len(codes)
+    if n == 0:
+        return index
+    index = reserve(index, n)
+    index = _insert(index, jnp.asarray(lists), jnp.asarray(codes),
+                    jnp.asarray(ids.astype(np.asarray(index.ids).dtype)), n)
+    return index.with_next_id(int(ids.max()) + 1)
 
 
 def read_faiss(source) -> object:

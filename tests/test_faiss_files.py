@@ -20,6 +20,8 @@ def data():
 
 def _faiss_index(spec, metric, xb, remove=()):
     index = faiss.index_factory(xb.shape[1], spec, metric)
+    if "PQ" in spec:  # polysemous training only renumbers codes, and is most of the time
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     index.train(xb)
     if spec.startswith("IDMap"):
         index.add_with_ids(xb, np.arange(len(xb)) * 7 + 1)
@@ -33,7 +35,12 @@ def _faiss_index(spec, metric, xb, remove=()):
 CASES = [("Flat", faiss.METRIC_L2), ("Flat", faiss.METRIC_INNER_PRODUCT),
          ("IDMap,Flat", faiss.METRIC_L2), ("IDMap2,Flat", faiss.METRIC_INNER_PRODUCT),
          ("IVF32,Flat", faiss.METRIC_L2), ("IVF32,Flat", faiss.METRIC_INNER_PRODUCT),
-         ("IDMap,IVF32,Flat", faiss.METRIC_L2), ("IDMap2,IVF32,Flat", faiss.METRIC_L2)]
+         ("IDMap,IVF32,Flat", faiss.METRIC_L2), ("IDMap2,IVF32,Flat", faiss.METRIC_L2),
+         ("IVF32,PQ14", faiss.METRIC_L2), ("IDMap,IVF32,PQ7", faiss.METRIC_L2),
+         ("IVF32,PQ14", faiss.METRIC_INNER_PRODUCT)]
+# Look-up-table sums in another order round differently: on inner products of this data
+# (values ~1e5) that reorders near ties, 0.4% of ids measured; L2 ids are identical.
+ID_AGREEMENT = {("IVF32,PQ14", faiss.METRIC_INNER_PRODUCT): 0.99}
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -50,8 +57,12 @@ def test_faiss_files_search_as_faiss(spec, metric, data, tmp_path):
     assert jann.ntotal(index) == ref.ntotal and index.describe() == spec
     want_d, want_i = ref.search(xq, K)
     got_d, got_i = jann.search(index, xq, K, **params)
-    np.testing.assert_array_equal(np.asarray(got_i), want_i)
-    np.testing.assert_allclose(np.asarray(got_d), want_d, rtol=1e-5, atol=1e-3)
+    agreement = ID_AGREEMENT.get((spec, metric))
+    if agreement is None:
+        np.testing.assert_array_equal(np.asarray(got_i), want_i)
+    else:
+        assert (np.asarray(got_i) == want_i).mean() >= agreement
+    np.testing.assert_allclose(np.asarray(got_d), want_d, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -80,8 +91,11 @@ def test_truncated_tampered_and_unsupported_files_fail_cleanly(data):
     tampered = flat[:length_at] + (2**60).to_bytes(8, "little") + flat[length_at + 8:]
     with pytest.raises(jann.FileFormatError, match="longer than the file"):
         jann.read_faiss(tampered)
-    pq = faiss.serialize_index(_faiss_index("IVF8,PQ4", faiss.METRIC_L2, xb[:2000]))
-    with pytest.raises(jann.FileFormatError, match="IwPQ|IvPQ"):
-        jann.read_faiss(pq)
+    sq = faiss.serialize_index(_faiss_index("IVF8,SQ8", faiss.METRIC_L2, xb[:500]))
+    with pytest.raises(jann.FileFormatError, match="IwSq|IwSQ|not read"):
+        jann.read_faiss(sq)
+    pq4 = faiss.serialize_index(_faiss_index("IVF8,PQ4x4", faiss.METRIC_L2, xb[:500]))
+    with pytest.raises(jann.FileFormatError, match="8-bit"):
+        jann.read_faiss(pq4)
     with pytest.raises(jann.FileFormatError, match="path or bytes"):
         jann.read_faiss(12)
