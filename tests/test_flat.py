@@ -90,12 +90,12 @@ def test_many_adds_grow_by_doubling_with_few_compiles(rng, compile_counter):
 def test_donated_adds_stream_in_place_and_a_refusal_keeps_the_index(description, rng):
     xb = rng.standard_normal((120, 8)).astype(np.float32)
     index = jann.add(jann.train(jann.index_factory(8, description), xb, key=0), xb[:100])
-    copied = jann.add(index, xb[100:110])
+    copied = jann.add(index, xb[100:104])  # a few rows keep the graph case quick
     streamed = given = jann.reserve(index, 20)
-    for row in xb[100:110]:
+    for row in xb[100:104]:
         streamed = jann.add(streamed, row[None], donate=True)
     assert given.ids.is_deleted()  # its buffers were handed over, not copied
-    assert jann.ntotal(streamed) == 110
+    assert jann.ntotal(streamed) == 104
     xq = rng.standard_normal((4, 8)).astype(np.float32)
     params = {"nprobe": 4} if description.startswith("IVF") else {}
     (d_a, i_a), (d_b, i_b) = (jann.search(ix, xq, 5, **params) for ix in (streamed, copied))
