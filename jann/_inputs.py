@@ -27,6 +27,15 @@ def id_dtype() -> np.dtype:
     return np.dtype(np.int64) if jax.config.jax_enable_x64 else np.dtype(np.int32)
 
 
+def outside_id_range(ids: np.ndarray, dtype) -> np.ndarray:
+    """Mask of the (host, integer) ids that `dtype` cannot hold: cast, they would wrap
+    onto other ids."""
+    info = np.iinfo(np.dtype(dtype))
+    if np.issubdtype(ids.dtype, np.unsignedinteger):
+        return ids > info.max
+    return (ids < info.min) | (ids > info.max)
+
+
 def is_traced(*trees) -> bool:
     """True when any leaf is a tracer (we are inside jit / vmap / grad)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))

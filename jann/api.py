@@ -21,7 +21,7 @@ import numpy as np
 
 from jann import _storage, batching
 from jann._inputs import (
-    as_array, as_ids, check_finite, delegated_search_params, is_traced,
+    as_array, as_ids, check_finite, delegated_search_params, is_traced, outside_id_range,
     search_param_names, split_search_params)
 from jann.errors import (
     IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError, NotTrainedError)
@@ -362,9 +362,7 @@ def reconstruct(index, ids):
         raise InvalidDtypeError(f"ids must be integers, got dtype {ids.dtype}")
     if not is_traced(ids):  # an id the index's dtype cannot hold is not in it (no wrap)
         host = np.atleast_1d(np.asarray(ids))
-        info = np.iinfo(np.dtype(index.ids.dtype))
-        outside = host > info.max if np.issubdtype(host.dtype, np.unsignedinteger) else \
-            (host < info.min) | (host > info.max)
+        outside = outside_id_range(host, index.ids.dtype)
         if outside.any():
             raise IdNotFoundError(f"id {int(host[np.argmax(outside)])} is not in the index")
     ids = jnp.atleast_1d(jnp.asarray(ids).astype(index.ids.dtype))

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann.errors import CheckpointError
+from jann._inputs import outside_id_range
 from jann._pytree import PYTREE_TYPES
 from jann.index import Index
 
@@ -120,8 +121,7 @@ def _as_device_array(a, name: str):
     (ids saved under jax_enable_x64) do not fit the 32 bits this process gives them."""
     if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.dtype.itemsize == 8 \
             and not jax.config.jax_enable_x64:
-        info = np.iinfo(np.int32 if a.dtype.kind == "i" else np.uint32)
-        if a.size and (a.min() < info.min or a.max() > info.max):
+        if outside_id_range(a, np.int32 if a.dtype.kind == "i" else np.uint32).any():
             raise CheckpointError(
                 f"array {name!r} holds 64-bit values (ids saved with jax_enable_x64) that do "
                 "not fit 32 bits: load it with jax.config.update('jax_enable_x64', True)")

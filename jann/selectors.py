@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann._inputs import as_array, id_dtype, is_traced
+from jann._inputs import as_array, id_dtype, is_traced, outside_id_range
 from jann.errors import InvalidDtypeError, InvalidInputError
 
 __all__ = [
@@ -138,11 +138,7 @@ class IDSelectorBatch(IDSelector):
         a = np.unique(np.asarray(_integer(ids, "IDSelectorBatch ids")).reshape(-1))
         # ids the id dtype cannot hold are in no index: dropped (cast, they would wrap
         # onto other ids)
-        info = np.iinfo(id_dtype())
-        if np.issubdtype(a.dtype, np.unsignedinteger):
-            a = a[a <= info.max]
-        else:
-            a = a[(a >= info.min) & (a <= info.max)]
+        a = a[~outside_id_range(a, id_dtype())]
         n = a.shape[0]
         padded = 1 << max(0, (max(n, 1) - 1).bit_length())
         fill = a[-1] if n else 0

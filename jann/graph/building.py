@@ -59,7 +59,7 @@ class GraphBuilding:
             neighbors, edge_keys = grown._link(q, rows_new, new_ok, count)
         else:
             neighbors, edge_keys = grown._link_in_batches(q, rows_new, new_ok)
-        n_added = jnp.where(accept, self.n_added + n_valid, self.n_added).astype(jnp.int32)
+        n_added = _storage.advanced(self.n_added, n_valid, status)
         return dataclasses.replace(grown, neighbors=neighbors, edge_keys=edge_keys,
                                    entries=entries, n_added=n_added,
                                    status=self.status | status)
