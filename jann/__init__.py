@@ -69,7 +69,7 @@ from jann.errors import (
     FileFormatError, IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError,
     NotTrainedError, UnknownMetricError, UnsupportedBackendError)
 from jann.factory import index_factory
-from jann.faiss_files import read_faiss
+from jann.faiss_files import read_faiss, write_faiss
 from jann.flat import FlatIndex
 from jann.ops import (
     bucket_sort, kmax, kmin, knn, merge_knn_results, normalize_L2, pairwise_distances)
@@ -98,5 +98,5 @@ __all__ = [
     "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
     "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
-    "Index", "pytree_dataclass", "static", "read_faiss",
+    "Index", "pytree_dataclass", "static", "read_faiss", "write_faiss",
 ]

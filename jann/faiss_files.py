@@ -1,4 +1,5 @@
-"""FAISS index files read without faiss: `jann.read_faiss(path_or_bytes)`.
+"""FAISS index files read and written without faiss: `jann.read_faiss(path_or_bytes)`,
+`jann.write_faiss(index, path=None)`.
 
 FAISS writes an index as its class's fields in order, each object behind a four-byte
 code naming its class (faiss/impl/index_read.cpp is the reference). Read so far:
@@ -7,6 +8,12 @@ around them or an IVF index, IndexIVFFlat ("IwFl") and IndexIVFPQ with 8-bit cod
 ("IwPQ", its codes kept as they are) with array inverted lists ("ilar"). Any other class raises `FileFormatError` naming it. Every size field is
 checked against the bytes left before anything is allocated, so a truncated or
 tampered file fails cleanly.
+
+Written: the same classes, from jann's Flat (sequential ids; IDMap / IDMap2 wrapped) and
+IVF with Flat or 8-bit PQ codes over a Flat coarse quantizer (FAISS IVF stores any ids in
+its lists, so an IDMap IVF is written as a plain one). Anything else (cosine, which FAISS
+has no metric for; SQ / RQ / 4-bit PQ codes; transforms, refinement, graphs, binary
+indexes) raises `InvalidInputError` naming what FAISS would not get.
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann.api import add, add_preassigned, reserve
-from jann.errors import FileFormatError
+from jann.errors import FileFormatError, InvalidInputError
 from jann.factory import index_factory
 from jann.ops.distances import squared_norms
 
-__all__ = ["read_faiss"]
+__all__ = ["read_faiss", "write_faiss"]
 
 # FAISS's MetricType values and the jann metric each is.
 _METRICS = {0: "ip", 1: "l2"}
@@ -256,3 +263,149 @@ def read_faiss(source) -> object:
     if r.pos != len(data):
         raise FileFormatError(f"FAISS file has {len(data) - r.pos} bytes past its index")
     return _build(parts)
+
+
+# ----------------------------------------------------------------------------- writing
+_METRIC_CODES = {"ip": 0, "l2": 1}
+
+
+class _Writer:
+    """A FAISS file built field by field, little-endian, in faiss/impl/index_write.cpp's
+    order."""
+
+    def __init__(self):
+        self.out = bytearray()
+
+    def scalar(self, fmt: str, value):
+        self.out += struct.pack("<" + fmt, value)
+
+    def fourcc(self, code: bytes):
+        self.out += code
+
+    def array(self, values, dtype, with_count: bool = True):
+        values = np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<"))
+        if with_count:
+            self.scalar("Q", values.size)
+        self.out += values.tobytes()
+
+
+def _write_header(w: _Writer, d: int, ntotal: int, metric: str):
+    w.scalar("i", d)
+    w.scalar("q", ntotal)
+    w.scalar("q", 1 << 20)  # two words FAISS writes and ignores
+    w.scalar("q", 1 << 20)
+    w.scalar("B", 1)  # is_trained
+    w.scalar("i", _METRIC_CODES[metric])
+
+
+def _write_flat(w: _Writer, vectors: np.ndarray, metric: str):
+    w.fourcc(b"IxF2" if metric == "l2" else b"IxFI")
+    _write_header(w, vectors.shape[1], vectors.shape[0], metric)
+    w.array(vectors.astype(np.float32).reshape(-1), np.float32)
+
+
+def _write_lists(w: _Writer, offsets: np.ndarray, codes: np.ndarray, ids: np.ndarray):
+    """Array inverted lists ("ilar"): list sizes (FAISS's "full" layout when more than
+    half the lists hold rows, "sprs" pairs otherwise), then each list's codes and ids."""
+    nlist = offsets.size - 1
+    sizes = np.diff(offsets).astype(np.uint64)
+    w.fourcc(b"ilar")
+    w.scalar("Q", nlist)
+    w.scalar("Q", codes.shape[1])
+    if np.count_nonzero(sizes) > nlist // 2:
+        w.fourcc(b"full")
+        w.array(sizes, np.uint64)
+    else:
+        w.fourcc(b"sprs")
+        nonempty = np.flatnonzero(sizes)
+        w.array(np.stack([nonempty.astype(np.uint64), sizes[nonempty]], 1).reshape(-1),
+                np.uint64)
+    for i in np.flatnonzero(sizes):
+        start, stop = offsets[i], offsets[i + 1]
+        w.array(codes[start:stop], np.uint8, with_count=False)
+        w.array(ids[start:stop], np.int64, with_count=False)
+
+
+def _refuse(index, why: str):
+    raise InvalidInputError(f"write_faiss: {index.describe()} cannot be written as a FAISS "
+                            f"index ({why})")
+
+
+def _write_ivf(w: _Writer, index):
+    from jann.flat import FlatIndex
+    from jann.quantizers.identity import IdentityCodec
+    from jann.quantizers.pq import ProductQuantizer
+
+    codec = index.codec
+    if index.exhaustive or index.nlist == 1:
+        _refuse(index, "it scans one list (FAISS's IndexPQ / IndexScalarQuantizer are not "
+                       "written by jann yet)")
+    if isinstance(codec, ProductQuantizer):
+        if codec.nbits != 8:
+            _refuse(index, f"FAISS IVF-PQ files are read back by jann with 8-bit codes; "
+                           f"this one has {codec.nbits}")
+        kind = b"IwPQ"
+    elif isinstance(codec, IdentityCodec):
+        kind = b"IwFl"
+    else:
+        _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
+                       "(IVF Flat and 8-bit PQ are written)")
+    if not isinstance(index.quantizer, FlatIndex):
+        _refuse(index, "its coarse quantizer is a graph")
+    count = int(index.count)
+    offsets = np.asarray(index.offsets, np.int64)
+    ids = np.asarray(index.ids)[:count].astype(np.int64)
+    payload = np.asarray(index.payload)[:count]
+    codes = (payload.astype(np.float32).view(np.uint8).reshape(count, -1)
+             if kind == b"IwFl" else payload.astype(np.uint8).reshape(count, -1))
+    w.fourcc(kind)
+    _write_header(w, index.d, count, index.metric)
+    w.scalar("Q", index.nlist)
+    w.scalar("Q", 1)  # nprobe: a search parameter in jann, FAISS's default here
+    _write_flat(w, np.asarray(index.centroids), index.metric)
+    w.scalar("B", 0)  # no direct map
+    w.array(np.zeros(0, np.int64), np.int64)
+    if kind == b"IwPQ":
+        w.scalar("B", int(index.by_residual))
+        w.scalar("Q", codec.M)
+        w.scalar("Q", codec.d)
+        w.scalar("Q", codec.M)
+        w.scalar("Q", codec.nbits)
+        w.array(np.asarray(codec.centroids, np.float32).reshape(-1), np.float32)
+    _write_lists(w, offsets, codes, ids)
+
+
+def write_faiss(index, path=None):
+    """`index` as a FAISS index file (what `faiss.write_index` writes; `faiss.read_index`
+    and `jann.read_faiss` read it back with the same ids and results): written to
+    `path` when given, else returned as bytes (`faiss.deserialize_index` takes them as a
+    uint8 array)."""
+    from jann.api import require_trained
+    from jann.flat import FlatIndex
+    from jann.ivf.index import IVFIndex
+
+    require_trained(index, "write_faiss")
+    if not isinstance(index, (FlatIndex, IVFIndex)):
+        _refuse(index, "jann writes Flat, IDMap / IDMap2 Flat, IVF Flat and IVF 8-bit PQ")
+    if index.metric not in _METRIC_CODES:
+        _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
+                       "product; for cosine, normalise the rows and use 'ip')")
+    w = _Writer()
+    if isinstance(index, FlatIndex):
+        count = int(index.count)
+        vectors = np.asarray(index.vectors)[:count]
+        if index.id_mode == "sequential":
+            _write_flat(w, vectors, index.metric)
+        else:
+            w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
+            _write_header(w, index.d, count, index.metric)
+            _write_flat(w, vectors, index.metric)
+            w.array(np.asarray(index.ids)[:count], np.int64)
+    else:
+        _write_ivf(w, index)
+    data = bytes(w.out)
+    if path is None:
+        return data
+    with open(path, "wb") as f:
+        f.write(data)
+    return None

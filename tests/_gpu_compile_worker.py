@@ -9,10 +9,13 @@ runs, so this says nothing of speed or numerics.
 """
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ["JAX_PLATFORMS"] = "cpu"  # else the CUDA plugin calls cuInit and is dropped
 # Four CPU devices lay out the sharded indexes before they are re-typed for the target.
@@ -70,33 +73,98 @@ def _spec(a, sharding):
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
 
-def _compile(sharding, name, fn, *args):
+# Programs that compiled before, by a digest of everything the compile reads: the lowered
+# program (StableHLO, with each Pallas kernel's Triton IR or Mosaic module inside it), the
+# target, the XLA flags and the compilers' versions. A program seen there compiled with
+# the same inputs, so it is not compiled again: the check then costs what changed (as a
+# build system's up-to-date check). jax's own persistent cache cannot serve this (a
+# compile-only client cannot load an executable back). JANN_COMPILE_CHECK_CACHE names the
+# folder (default ~/.cache/jann/aot-results); "off" compiles every program.
+_CACHE_SETTING = os.environ.get("JANN_COMPILE_CHECK_CACHE", "")
+CACHE_DIR = None if _CACHE_SETTING == "off" else Path(
+    _CACHE_SETTING or Path.home() / ".cache" / "jann" / "aot-results")
+_TOOLCHAIN = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cuda-nvcc-cu12",
+              "libtpu")
+
+
+def _versions():
+    found = []
+    for name in _TOOLCHAIN:
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} absent")
+    return found
+
+
+_SALT = None  # the target and toolchain part of every digest, set by the main functions
+
+
+def _digest(lowered) -> str:
+    text = "\n".join([_SALT, os.environ.get("XLA_FLAGS", ""), *_versions(), lowered.as_text()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _compiled_before(lowered):
+    """(whether this program compiled before, the mark to leave when it compiles)."""
+    if CACHE_DIR is None:
+        return False, None
+    mark = CACHE_DIR / f"{_digest(lowered)}.ok"
+    return mark.exists(), mark
+
+
+def _remember(mark):
+    if mark is not None:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text("compiled\n")
+
+
+def _compile_lowered(lowered, reuse: bool):
+    """lowered compiled, or None where the same program compiled before (reuse=True:
+    the caller needs only to know that it compiles)."""
+    seen, mark = _compiled_before(lowered) if reuse else (False, None)
+    if seen:
+        return None
+    compiled = lowered.compile()
+    _remember(mark)
+    return compiled
+
+
+def _error(e):
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+
+
+def _compile(sharding, name, fn, *args, reuse=True):
+    """Compile fn for the target and report; the compiled program, or None (failed, or
+    compiled before: reuse=False for callers that read the compiled program)."""
     spec = jax.tree.map(lambda a: _spec(a, sharding), args)
     start = time.time()
     try:
-        compiled = jax.jit(fn).lower(*spec).compile()
-        _report(case=name, ok=True, seconds=round(time.time() - start, 2))
+        compiled = _compile_lowered(jax.jit(fn).lower(*spec), reuse)
+        _report(case=name, ok=True, seconds=round(time.time() - start, 2),
+                compiled_before=compiled is None)
         return compiled
     except Exception as e:  # noqa: BLE001  (reported, the test fails on it)
-        _report(case=name, ok=False, error=f"{type(e).__name__}: {' '.join(str(e).split())[:400]}")
+        _report(case=name, ok=False, error=_error(e))
         return None
 
 
-def _compile_group(sharding, members, *args):
+def _compile_group(sharding, members, *args, reuse=True):
     """Compile members {case name: fn(*args)} as one program (XLA compiles the kernels of
     one module with one set-up: ~35% less time than a program each) and report every
     member; if the group fails, each member alone, so the report names the one at fault."""
     spec = jax.tree.map(lambda a: _spec(a, sharding), args)
     start = time.time()
     try:
-        compiled = jax.jit(lambda *a: [fn(*a) for fn in members.values()]).lower(*spec).compile()
+        lowered = jax.jit(lambda *a: [fn(*a) for fn in members.values()]).lower(*spec)
+        compiled = _compile_lowered(lowered, reuse)
     except Exception:  # noqa: BLE001
         for name, fn in members.items():
-            _compile(sharding, name, fn, *args)
+            _compile(sharding, name, fn, *args, reuse=reuse)
         return None
     seconds = round((time.time() - start) / len(members), 2)
     for name in members:
-        _report(case=name, ok=True, seconds=seconds)
+        _report(case=name, ok=True, seconds=seconds, compiled_before=compiled is None)
     return compiled
 
 
@@ -145,7 +213,7 @@ def _sharded_searches(target, mesh, replicated, backends):
         index = _on_mesh(_trained(d, spec), mesh, "shard")
         compiled = _compile_group(replicated, {
             f"{target} sharded x4 search {spec} d={d} backend={b}": _search(b, **params)
-            for b in backends}, index, _zeros((256, d)))
+            for b in backends}, index, _zeros((256, d)), reuse=False)
         if compiled is not None:  # each device scans its part, then the results meet
             _report(case=f"{target} sharded x4 {spec} gathers across devices",
                     ok="all-gather" in compiled.as_text(), error="no all-gather in the program")
@@ -155,6 +223,8 @@ def tpu_main():
     """The XLA path (backend "auto") of every index kind compiled for a TPU v5e 2x2 slice
     (libtpu's compile-only client; the Triton kernels are NVIDIA-only): each program
     replicated over its four chips, then Flat and IVF split over them."""
+    global _SALT
+    _SALT = "TPU v5e 2x2"
     topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
     mesh = topologies.make_mesh(topology, (4,), ("x",))
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -205,7 +275,8 @@ def _kernels(target, sh):
 
 
 def cuda_main(target):
-    config = TARGETS[target]
+    global _SALT
+    config = _SALT = TARGETS[target]
     single = topologies.get_topology_desc(platform="cuda", target_config=config,
                                           topology="1x1x1")
     sh = jax.sharding.NamedSharding(topologies.make_mesh(single, (1,), ("x",)),
@@ -238,7 +309,7 @@ def cuda_main(target):
     # Memory: a 10M x 128 Flat search of 10k queries streams the database in tiles.
     big = jax.eval_shape(lambda: jann.FlatIndex.create(128, capacity=10_000_000))
     compiled = _compile(sh, f"{target} search Flat 10M x 128, 10k queries (memory)",
-                        _search(), big, _zeros((10_000, 128)))
+                        _search(), big, _zeros((10_000, 128)), reuse=False)
     if compiled is not None:
         temp = compiled.memory_analysis().temp_size_in_bytes
         _report(case=f"{target} Flat 10M x 128 temp memory < 1 GiB", ok=temp < 2**30,

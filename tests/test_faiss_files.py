@@ -1,6 +1,8 @@
-"""FAISS index files read without faiss (jann.read_faiss): written by faiss-cpu, read by
+"""FAISS index files without faiss. Read (jann.read_faiss): written by faiss-cpu, read by
 jann, searched: the same ids and distances as faiss at the same nprobe; a truncated or
-tampered file is a FileFormatError, with no allocation sized by a corrupt field."""
+tampered file is a FileFormatError, with no allocation sized by a corrupt field. Written
+(jann.write_faiss): built by jann, read by faiss-cpu, searched: the same ids as jann; the
+bytes are what faiss itself writes for the index it read."""
 
 import faiss
 import numpy as np
@@ -99,3 +101,58 @@ def test_truncated_tampered_and_unsupported_files_fail_cleanly(data):
         jann.read_faiss(pq4)
     with pytest.raises(jann.FileFormatError, match="path or bytes"):
         jann.read_faiss(12)
+
+
+WRITTEN = [("Flat", "l2"), ("Flat", "ip"), ("IDMap,Flat", "l2"), ("IDMap2,Flat", "ip"),
+           ("IVF32,Flat", "l2"), ("IVF32,Flat", "ip"), ("IDMap,IVF32,Flat", "l2"),
+           ("IVF32,PQ14", "l2"), ("IVF32,PQ14", "ip"), ("IVF32,PQ7", "l2")]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("spec,metric", WRITTEN, ids=[f"{s}-{m}" for s, m in WRITTEN])
+def test_written_files_search_in_faiss_as_in_jann(spec, metric, data, tmp_path):
+    xb, xq = data
+    index = jann.index_factory(xb.shape[1], spec, metric)
+    index = jann.train(index, xb, key=0)
+    ids = np.arange(len(xb)) * 5 + 3 if spec.startswith("IDMap") else None
+    index = jann.add(index, xb, ids)
+    index, _ = jann.remove_ids(index, np.arange(0, len(xb) * 5, 35))  # gaps in the ids
+    params = {"nprobe": 4} if "IVF" in spec else {}
+    want_d, want_i = (np.asarray(a) for a in jann.search(index, xq, K, **params))
+    path = tmp_path / "index.faiss"
+    assert jann.write_faiss(index, path) is None
+    ref = faiss.read_index(str(path))
+    assert ref.ntotal == jann.ntotal(index) and ref.d == index.d
+    if params:
+        faiss.extract_index_ivf(ref).nprobe = 4
+    got_d, got_i = ref.search(xq, K)
+    if (spec, metric) == ("IVF32,PQ14", "ip"):  # near ties reorder (see ID_AGREEMENT)
+        same = np.mean([len(set(a) & set(b)) / K for a, b in zip(got_i, want_i)])
+        assert same >= 0.99, same
+    else:
+        np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-4, atol=1e-3)
+    # faiss writes the index it read back to the same bytes (nprobe 1 as jann writes it)
+    if params:
+        faiss.extract_index_ivf(ref).nprobe = 1
+    blob = jann.write_faiss(index)
+    assert faiss.serialize_index(ref).tobytes() == blob == path.read_bytes()
+    again = jann.read_faiss(blob)  # and jann reads its own file back
+    np.testing.assert_array_equal(np.asarray(jann.search(again, xq, K, **params)[1]), want_i)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_indexes_faiss_has_no_class_for_are_refused(data):
+    xb, _ = data
+    d = xb.shape[1]
+    with pytest.raises(jann.NotTrainedError):
+        jann.write_faiss(jann.index_factory(d, "IVF8,Flat"))
+    for spec, metric, why in (("Flat", "cosine", "cosine"), ("IVF8,SQ8", "l2", "SQ"),
+                              ("IVF8,PQ14x4", "l2", "8-bit"), ("PQ14", "l2", "one list"),
+                              ("HNSW8", "l2", "writes Flat"), ("PCA32,Flat", "l2", "writes Flat")):
+        index = jann.train(jann.index_factory(d, spec, metric), xb[:1000], key=0)
+        with pytest.raises(jann.InvalidInputError, match=why):
+            jann.write_faiss(index)
+    binary = jann.index_factory(64, "BFlat")
+    with pytest.raises(jann.InvalidInputError, match="hamming"):
+        jann.write_faiss(binary)

@@ -9,6 +9,13 @@ live in their own folder (JANN_AOT_DIR, default ~/.cache/jann/aot), which the fi
 fills with `pip install --target` and later runs reuse. The workers run in processes of
 their own with that folder on their path, one per target (H100, A100, TPU v5e) side by
 side.
+
+A program that compiled before with the same inputs (its lowered text, the target, the
+XLA flags, the compilers' versions) is not compiled again: `_gpu_compile_worker.py` keeps
+a mark per such program in JANN_COMPILE_CHECK_CACHE (default ~/.cache/jann/aot-results;
+"off" compiles everything), so a run pays for what changed. A new or changed kernel, a new
+toolchain or a new target compiles in full. The sharded programs and the memory case are
+compiled every run (their checks read the compiled program).
 """
 
 import importlib.metadata
@@ -55,7 +62,9 @@ def _compile_everywhere(workers):
     # path entry for the checkout would not map)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(AOT_DIR), os.environ.get("PYTHONPATH", "")]))
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every run compiles: that is the check
+    # (jax's own cache cannot load a compile-only client's executable back: the worker
+    # remembers what compiled in a cache of its own)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     workers.update({target: subprocess.Popen(
         [sys.executable, str(HERE / "_gpu_compile_worker.py"), target], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
