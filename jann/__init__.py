@@ -42,7 +42,7 @@ _map_ops_of_the_source_tree()
 
 from jann import config, ops, quantizers, transforms
 from jann._pytree import pytree_dataclass, static
-from jann.index import Index
+from jann.facade import Index, read_index, write_index
 from jann.api import (
     add, add_preassigned, check, clear_status, ntotal, reconstruct, reconstruct_n,
     remove_ids, reserve, search, shrink_to_fit, stack, train)
@@ -98,5 +98,6 @@ __all__ = [
     "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
     "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
-    "Index", "pytree_dataclass", "static", "read_faiss", "write_faiss",
+    "Index", "pytree_dataclass", "static", "read_faiss", "write_faiss", "read_index",
+    "write_index",
 ]

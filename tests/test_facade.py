@@ -1,0 +1,101 @@
+"""jann.Index, FAISS's object habits: the README's FAISS script runs on it, its results
+are the functional API's, mutation donates the old state, bad attributes and values are
+refused by name, and write_index / read_index round-trip jann checkpoints and FAISS files."""
+
+import faiss
+import jax
+import numpy as np
+import pytest
+
+import jann
+from jann import datasets
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = datasets.load_embedded()
+    return d["base"][:4000], d["queries"][:30]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_faiss_script_runs_and_answers_as_the_functional_api(data, tmp_path):
+    xb, xq = data
+    # as in README "Coming from FAISS"
+    ix = jann.Index(xb.shape[1], "IVF32,PQ14")
+    ix.train(xb)
+    ix.add(xb)
+    ix.nprobe = 8
+    D, I = ix.search(xq, K)
+    assert isinstance(D, np.ndarray) and I.shape == (len(xq), K) and ix.ntotal == len(xb)
+    want_d, want_i = jann.search(ix.state, xq, K, nprobe=8)
+    np.testing.assert_array_equal(I, np.asarray(want_i))
+    np.testing.assert_allclose(D, np.asarray(want_d))
+    assert ix.nprobe == 8 and ix.search(xq, K, nprobe=1)[1].tolist() != I.tolist()
+    assert ix.remove_ids(jann.IDSelectorRange(0, 100)) == 100 and ix.ntotal == len(xb) - 100
+    jann.write_index(ix, tmp_path / "ckpt")
+    again = jann.read_index(tmp_path / "ckpt")
+    again.nprobe = 8
+    np.testing.assert_array_equal(again.search(xq, K)[1], ix.search(xq, K)[1])
+    # the state is the pytree: jit it as any jann index
+    jitted = jax.jit(lambda state, q: jann.search(state, q, K, nprobe=8))(ix.state, xq)
+    np.testing.assert_array_equal(np.asarray(jitted[1]), ix.search(xq, K)[1])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_ids_reconstruct_and_graph_parameters(data):
+    xb, xq = data
+    ix = jann.Index(xb.shape[1], "IDMap2,Flat", "ip")
+    ix.add_with_ids(xb[:500], np.arange(500) * 3)
+    np.testing.assert_array_equal(ix.reconstruct(9), xb[3])
+    np.testing.assert_array_equal(ix.reconstruct_n(0, 1).shape, (1, xb.shape[1]))
+    with pytest.raises(jann.DuplicateIdError):  # refused after donating: the state survives
+        ix.add_with_ids(xb[500:502], [3, 10_000])
+    assert ix.ntotal == 500 and ix.search(xq[:2], 3)[1].max() < 1500
+    lims, _, ids = ix.range_search(xq[:2], 0.9 * float(ix.search(xq[:2], 1)[0].min()))
+    assert lims.shape == (3,) and set(ids.tolist()) <= set(range(0, 1500, 3))
+    graph = jann.Index(xb.shape[1], "HNSW8")
+    graph.add(xb[:300])
+    graph.efSearch = 32  # FAISS's name; jann's is ef
+    assert graph.ef == 32 and graph.search_parameters == {"ef": 32}
+
+
+def test_mutation_donates_the_old_state(data):
+    xb, _ = data
+    ix = jann.Index(xb.shape[1], "Flat")
+    ix.add(xb[:100])
+    old = ix.state
+    ix.add(xb[100:110])
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.vectors))
+    assert ix.ntotal == 110
+
+
+def test_bad_attributes_and_values_are_refused_by_name():
+    ix = jann.Index(8, "IVF4,Flat")
+    with pytest.raises(AttributeError, match="nprobe"):
+        ix.nprob = 3  # a typo is not silently a new attribute
+    with pytest.raises(jann.InvalidInputError, match="nprobe"):
+        ix.nprobe = 0
+    with pytest.raises(AttributeError, match="efSearch"):
+        jann.Index(8, "Flat").efSearch = 3
+    with pytest.raises(jann.NotTrainedError):
+        ix.add(np.zeros((2, 8), np.float32))
+    with pytest.raises(jann.InvalidInputError):
+        ix.state = "not an index"
+    with pytest.raises(jann.FactoryStringError):
+        jann.Index(8, "IVF4,Flatt")
+    assert ix.nprobe == 1  # FAISS's default
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_read_index_takes_faiss_files(data, tmp_path):
+    xb, xq = data
+    ref = faiss.index_factory(xb.shape[1], "IVF16,Flat")
+    ref.train(xb)
+    ref.add(xb)
+    ref.nprobe = 4
+    faiss.write_index(ref, str(tmp_path / "f.faiss"))
+    ix = jann.read_index(tmp_path / "f.faiss")
+    ix.nprobe = 4
+    np.testing.assert_array_equal(ix.search(xq, K)[1], ref.search(xq, K)[1])
