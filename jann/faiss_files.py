@@ -2,18 +2,19 @@
 `jann.write_faiss(index, path=None)`.
 
 FAISS writes an index as its class's fields in order, each object behind a four-byte
-code naming its class (faiss/impl/index_read.cpp is the reference). Read so far:
+code naming its class (faiss/impl/index_read.cpp is the reference). Read and written:
 IndexFlatL2 / IndexFlatIP ("IxF2" / "IxFI"), IndexIDMap / IndexIDMap2 ("IxMp" / "IxM2")
-around them or an IVF index, IndexIVFFlat ("IwFl") and IndexIVFPQ with 8-bit codes
-("IwPQ", its codes kept as they are) with array inverted lists ("ilar"). Any other class raises `FileFormatError` naming it. Every size field is
-checked against the bytes left before anything is allocated, so a truncated or
-tampered file fails cleanly.
-
-Written: the same classes, from jann's Flat (sequential ids; IDMap / IDMap2 wrapped) and
-IVF with Flat or 8-bit PQ codes over a Flat coarse quantizer (FAISS IVF stores any ids in
-its lists, so an IDMap IVF is written as a plain one). Anything else (cosine, which FAISS
-has no metric for; SQ / RQ / 4-bit PQ codes; transforms, refinement, graphs, binary
-indexes) raises `InvalidInputError` naming what FAISS would not get.
+around them or another class, IndexIVFFlat ("IwFl"), IndexIVFPQ with 8-bit codes
+("IwPQ"), IndexIVFScalarQuantizer ("IwSq", every jann SQ type), IndexScalarQuantizer
+("IxSQ") and IndexPQ with 8-bit codes ("IxPq"), with array inverted lists ("ilar"). Codes
+are kept as they are (jann's SQ and PQ code as FAISS does), so search results match.
+Reading: any other class raises `FileFormatError` naming it, and every size field is
+checked against the bytes left before anything is allocated, so a truncated or tampered
+file fails cleanly. Writing: jann's indexes of those kinds (a one-list coded index is an
+IndexPQ / IndexScalarQuantizer, in an IDMap when its ids are not 0..n-1; an IDMap IVF is
+a plain one, FAISS IVF storing any ids); anything else (cosine, which FAISS has no metric
+for; RQ / 4-bit PQ codes; transforms, refinement, graphs, binary indexes) raises
+`InvalidInputError` naming what FAISS would not get.
 """
 
 from __future__ import annotations
@@ -155,18 +156,73 @@ def _ivf_pq(r: _Reader, head: dict) -> dict:
     parts = _ivf_common(r, head)
     by_residual = bool(r.scalar("B"))
     code_size = r.scalar("Q")
-    d, M, nbits = r.scalar("Q"), r.scalar("Q"), r.scalar("Q")
-    if d != head["d"] or not 0 < M <= d or d % M or nbits != 8 or code_size != M:
-        raise FileFormatError(f"FAISS IVF-PQ with d={d}, M={M}, nbits={nbits}, code size "
-                              f"{code_size} is not read by jann (8-bit codes are)")
-    centroids = r.array(np.float32)
-    if centroids.size != M * 256 * (d // M):
-        raise FileFormatError("FAISS product quantizer corrupt: centroid count")
+    pq = _product_quantizer(r, head["d"])
+    if code_size != pq["code_size"]:
+        raise FileFormatError("FAISS IVF-PQ corrupt: code size")
     lists, codes, ids = _inverted_lists(r, parts["nlist"], code_size)
     if ids.size != head["ntotal"]:
         raise FileFormatError("FAISS IVF index corrupt: its lists do not hold ntotal rows")
-    return {**parts, "kind": "ivf_pq", "by_residual": by_residual, "M": M, "lists": lists,
-            "ids": ids, "vectors": codes, "pq": centroids.reshape(M, 256, d // M)}
+    return {**parts, **pq, "kind": "ivf_coded", "by_residual": by_residual, "lists": lists,
+            "ids": ids, "vectors": codes}
+
+
+# FAISS's ScalarQuantizer::QuantizerType values and jann's names of them.
+_QTYPE_CODES = {0: "SQ8", 1: "SQ4", 2: "SQ8_uniform", 3: "SQ4_uniform", 4: "SQfp16",
+                5: "SQ8_direct", 6: "SQ6", 7: "SQbf16"}
+
+
+def _scalar_quantizer(r: _Reader, d: int) -> dict:
+    """A FAISS ScalarQuantizer: type, range statistic (training only), d, code size and
+    its trained ranges (vmin then vdiff: per dimension, one pair, or none)."""
+    from jann.quantizers.sq import QTYPES
+
+    qtype = r.scalar("i")
+    r.scalar("i"), r.scalar("f")  # range statistic and its argument: training only
+    sq_d, code_size = r.scalar("Q"), r.scalar("Q")
+    trained = r.array(np.float32)
+    name = _QTYPE_CODES.get(qtype)
+    if name is None:
+        raise FileFormatError(f"FAISS scalar quantizer type {qtype} is not read by jann")
+    kind, bits = QTYPES[name][2], QTYPES[name][1]
+    ranges = {"nonuniform": d, "uniform": 1}.get(kind, 0)
+    if sq_d != d or code_size != -(-d * bits // 8) or trained.size != 2 * ranges:
+        raise FileFormatError(f"FAISS scalar quantizer corrupt: d={sq_d}, code size "
+                              f"{code_size}, {trained.size} trained values for {name}")
+    return {"codec": "sq", "qtype": name, "code_size": code_size,
+            "vmin": trained[:ranges], "vdiff": trained[ranges:]}
+
+
+def _product_quantizer(r: _Reader, d: int) -> dict:
+    pq_d, M, nbits = r.scalar("Q"), r.scalar("Q"), r.scalar("Q")
+    if pq_d != d or not 0 < M <= d or d % M or nbits != 8:
+        raise FileFormatError(f"FAISS product quantizer with d={pq_d}, M={M}, nbits={nbits} "
+                              "is not read by jann (8-bit codes are)")
+    centroids = r.array(np.float32)
+    if centroids.size != M * 256 * (d // M):
+        raise FileFormatError("FAISS product quantizer corrupt: centroid count")
+    return {"codec": "pq", "M": M, "code_size": M, "pq": centroids.reshape(M, 256, d // M)}
+
+
+def _ivf_sq(r: _Reader, head: dict) -> dict:
+    parts = _ivf_common(r, head)
+    sq = _scalar_quantizer(r, head["d"])
+    if r.scalar("Q") != sq["code_size"]:
+        raise FileFormatError("FAISS IVF scalar quantizer corrupt: code size")
+    by_residual = bool(r.scalar("B"))
+    lists, codes, ids = _inverted_lists(r, parts["nlist"], sq["code_size"])
+    if ids.size != head["ntotal"]:
+        raise FileFormatError("FAISS IVF index corrupt: its lists do not hold ntotal rows")
+    return {**parts, **sq, "kind": "ivf_coded", "by_residual": by_residual, "lists": lists,
+            "ids": ids, "vectors": codes}
+
+
+def _flat_coded(r: _Reader, head: dict, codec: dict) -> dict:
+    """IndexScalarQuantizer / IndexPQ: the codec, then the codes of rows 0..ntotal-1."""
+    codes = r.array(np.uint8)
+    if codes.size != head["ntotal"] * codec["code_size"]:
+        raise FileFormatError("FAISS coded index corrupt: code bytes for ntotal rows")
+    return {**codec, "kind": "coded", "d": head["d"], "metric": head["metric"], "ids": None,
+            "vectors": codes.reshape(head["ntotal"], codec["code_size"])}
 
 
 def _read(r: _Reader) -> dict:
@@ -180,6 +236,16 @@ def _read(r: _Reader) -> dict:
         return _ivf_flat(r, _header(r))
     if code == b"IwPQ":
         return _ivf_pq(r, _header(r))
+    if code in (b"IwSq", b"IwSQ"):
+        return _ivf_sq(r, _header(r))
+    if code == b"IxSQ":
+        head = _header(r)
+        return _flat_coded(r, head, _scalar_quantizer(r, head["d"]))
+    if code == b"IxPq":
+        head = _header(r)
+        parts = _flat_coded(r, head, _product_quantizer(r, head["d"]))
+        r.scalar("i"), r.scalar("B"), r.scalar("i")  # search type, signs, polysemous ht
+        return parts
     if code in (b"IxMp", b"IxM2"):
         head = _header(r)
         inner = _read(r)
@@ -193,7 +259,8 @@ def _read(r: _Reader) -> dict:
         return {**inner, "ids": id_map[internal], "id_mode": "idmap2" if code == b"IxM2"
                 else "idmap"}
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
-                          "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat and IndexIVFPQ)")
+                          "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
+                          "IndexIVFScalarQuantizer, IndexScalarQuantizer and IndexPQ)")
 
 
 def _build(parts: dict):
@@ -213,16 +280,27 @@ def _build(parts: dict):
     if parts["kind"] == "flat":
         index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
         return add(index, vectors, given)
-    codes = "Flat" if parts["kind"] == "ivf_flat" else f"PQ{parts['M']}"
-    index = index_factory(parts["d"], f"{prefix}IVF{parts['nlist']},{codes}", parts["metric"])
-    index = index.with_centroids(parts["centroids"])
+    codes = {"pq": lambda: f"PQ{parts['M']}", "sq": lambda: parts["qtype"]}.get(
+        parts.get("codec"), lambda: "Flat")()
+    if parts["kind"] == "coded":  # one list, no residual: FAISS's IndexPQ / IndexSQ
+        index = index_factory(parts["d"], prefix + codes, parts["metric"])
+        index = index.with_centroids(np.zeros((1, parts["d"]), np.float32))
+        lists = np.zeros(len(vectors), np.int32)
+    else:
+        index = index_factory(parts["d"], f"{prefix}IVF{parts['nlist']},{codes}",
+                              parts["metric"])
+        index = index.with_centroids(parts["centroids"])
     if parts["kind"] == "ivf_flat":
         return add_preassigned(dataclasses.replace(index, is_trained=True), vectors, lists,
                                given)
-    codec = dataclasses.replace(index.codec, centroids=jnp.asarray(parts["pq"]),
-                                is_trained=True)
-    index = dataclasses.replace(index, codec=codec, by_residual=parts["by_residual"],
-                                is_trained=True)
+    if parts["codec"] == "pq":
+        codec = dataclasses.replace(index.codec, centroids=jnp.asarray(parts["pq"]),
+                                    is_trained=True)
+    else:
+        codec = dataclasses.replace(index.codec, vmin=jnp.asarray(parts["vmin"]),
+                                    vdiff=jnp.asarray(parts["vdiff"]), is_trained=True)
+    index = dataclasses.replace(index, codec=codec, is_trained=True,
+                                by_residual=parts.get("by_residual", False))
     return _with_codes(index, lists, vectors, ids if ids is not None else
                        np.arange(len(vectors)))
 
@@ -331,25 +409,68 @@ def _refuse(index, why: str):
                             f"index ({why})")
 
 
-def _write_ivf(w: _Writer, index):
-    from jann.flat import FlatIndex
+def _write_codec(w: _Writer, index):
+    """The codec's FAISS struct: ProductQuantizer (d, M, nbits, centroids) or
+    ScalarQuantizer (type, range statistic, d, code size, trained vmin then vdiff)."""
+    codec = index.codec
+    if _codec_kind(index) == "pq":
+        w.scalar("Q", codec.d)
+        w.scalar("Q", codec.M)
+        w.scalar("Q", codec.nbits)
+        w.array(np.asarray(codec.centroids, np.float32).reshape(-1), np.float32)
+        return
+    w.scalar("i", {name: value for value, name in _QTYPE_CODES.items()}[codec.qtype])
+    w.scalar("i", 0)  # RS_minmax, FAISS's default and jann's statistic
+    w.scalar("f", 0.0)
+    w.scalar("Q", codec.d)
+    w.scalar("Q", codec.code_size)
+    w.array(np.concatenate([np.asarray(codec.vmin), np.asarray(codec.vdiff)]), np.float32)
+
+
+def _codec_kind(index) -> str:
     from jann.quantizers.identity import IdentityCodec
     from jann.quantizers.pq import ProductQuantizer
+    from jann.quantizers.sq import ScalarQuantizer
 
     codec = index.codec
-    if index.exhaustive or index.nlist == 1:
-        _refuse(index, "it scans one list (FAISS's IndexPQ / IndexScalarQuantizer are not "
-                       "written by jann yet)")
+    if isinstance(codec, IdentityCodec):
+        return "flat"
+    if isinstance(codec, ScalarQuantizer):
+        return "sq"
     if isinstance(codec, ProductQuantizer):
         if codec.nbits != 8:
-            _refuse(index, f"FAISS IVF-PQ files are read back by jann with 8-bit codes; "
-                           f"this one has {codec.nbits}")
-        kind = b"IwPQ"
-    elif isinstance(codec, IdentityCodec):
-        kind = b"IwFl"
-    else:
-        _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
-                       "(IVF Flat and 8-bit PQ are written)")
+            _refuse(index, f"jann writes 8-bit PQ codes; this one has {codec.nbits} bits")
+        return "pq"
+    _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
+                   "(Flat, SQ and 8-bit PQ codes are written)")
+
+
+def _write_one_list(w: _Writer, index, codes, ids):
+    """A coded index of one list without residual as FAISS's IndexPQ / IndexScalarQuantizer
+    (rows numbered 0..n-1 there), in an IDMap / IDMap2 when its ids are other numbers."""
+    count = codes.shape[0]
+    if not np.array_equal(ids, np.arange(count)):
+        w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
+        _write_header(w, index.d, count, index.metric)
+    kind = _codec_kind(index)
+    w.fourcc(b"IxPq" if kind == "pq" else b"IxSQ")
+    _write_header(w, index.d, count, index.metric)
+    _write_codec(w, index)
+    w.array(codes.reshape(-1), np.uint8)
+    if kind == "pq":  # search type (ST_PQ), encode signs, polysemous threshold: defaults
+        w.scalar("i", 0)
+        w.scalar("B", 0)
+        w.scalar("i", index.codec.nbits * index.codec.M + 1)
+    if not np.array_equal(ids, np.arange(count)):
+        w.array(ids, np.int64)
+
+
+def _write_ivf(w: _Writer, index):
+    from jann.flat import FlatIndex
+
+    if index.exhaustive:
+        _refuse(index, "FAISS's Index2Layer is not written by jann")
+    kind = _codec_kind(index)
     if not isinstance(index.quantizer, FlatIndex):
         _refuse(index, "its coarse quantizer is a graph")
     count = int(index.count)
@@ -357,22 +478,26 @@ def _write_ivf(w: _Writer, index):
     ids = np.asarray(index.ids)[:count].astype(np.int64)
     payload = np.asarray(index.payload)[:count]
     codes = (payload.astype(np.float32).view(np.uint8).reshape(count, -1)
-             if kind == b"IwFl" else payload.astype(np.uint8).reshape(count, -1))
-    w.fourcc(kind)
+             if kind == "flat" else payload.astype(np.uint8).reshape(count, -1))
+    if kind != "flat" and index.nlist == 1 and not index.by_residual:
+        return _write_one_list(w, index, codes, ids)
+    w.fourcc({"flat": b"IwFl", "pq": b"IwPQ", "sq": b"IwSq"}[kind])
     _write_header(w, index.d, count, index.metric)
     w.scalar("Q", index.nlist)
     w.scalar("Q", 1)  # nprobe: a search parameter in jann, FAISS's default here
     _write_flat(w, np.asarray(index.centroids), index.metric)
     w.scalar("B", 0)  # no direct map
     w.array(np.zeros(0, np.int64), np.int64)
-    if kind == b"IwPQ":
+    if kind == "pq":
         w.scalar("B", int(index.by_residual))
-        w.scalar("Q", codec.M)
-        w.scalar("Q", codec.d)
-        w.scalar("Q", codec.M)
-        w.scalar("Q", codec.nbits)
-        w.array(np.asarray(codec.centroids, np.float32).reshape(-1), np.float32)
+        w.scalar("Q", index.codec.M)
+        _write_codec(w, index)
+    elif kind == "sq":
+        _write_codec(w, index)
+        w.scalar("Q", index.codec.code_size)
+        w.scalar("B", int(index.by_residual))
     _write_lists(w, offsets, codes, ids)
+    return None
 
 
 def write_faiss(index, path=None):
