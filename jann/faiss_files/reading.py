@@ -1,21 +1,4 @@
-"""FAISS index files read and written without faiss: `jann.read_faiss(path_or_bytes)`,
-`jann.write_faiss(index, path=None)`.
-
-FAISS writes an index as its class's fields in order, each object behind a four-byte
-code naming its class (faiss/impl/index_read.cpp is the reference). Read and written:
-IndexFlatL2 / IndexFlatIP ("IxF2" / "IxFI"), IndexIDMap / IndexIDMap2 ("IxMp" / "IxM2")
-around them or another class, IndexIVFFlat ("IwFl"), IndexIVFPQ with 8-bit codes
-("IwPQ"), IndexIVFScalarQuantizer ("IwSq", every jann SQ type), IndexScalarQuantizer
-("IxSQ") and IndexPQ with 8-bit codes ("IxPq"), with array inverted lists ("ilar"). Codes
-are kept as they are (jann's SQ and PQ code as FAISS does), so search results match.
-Reading: any other class raises `FileFormatError` naming it, and every size field is
-checked against the bytes left before anything is allocated, so a truncated or tampered
-file fails cleanly. Writing: jann's indexes of those kinds (a one-list coded index is an
-IndexPQ / IndexScalarQuantizer, in an IDMap when its ids are not 0..n-1; an IDMap IVF is
-a plain one, FAISS IVF storing any ids); anything else (cosine, which FAISS has no metric
-for; RQ / 4-bit PQ codes; transforms, refinement, graphs, binary indexes) raises
-`InvalidInputError` naming what FAISS would not get.
-"""
+"""FAISS index files read without faiss: `read_faiss` (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -29,15 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann.api import add, add_preassigned, reserve
-from jann.errors import FileFormatError, InvalidInputError
+from jann.errors import FileFormatError
 from jann.factory import index_factory
+from jann.faiss_files.format import FLAT_CLASSES, METRICS, QTYPE_CODES
 from jann.ops.distances import squared_norms
 
-__all__ = ["read_faiss", "write_faiss"]
-
-# FAISS's MetricType values and the jann metric each is.
-_METRICS = {0: "ip", 1: "l2"}
-_FLAT = {b"IxF2": "l2", b"IxFI": "ip"}
+__all__ = ["read_faiss"]
 
 
 class _Reader:
@@ -77,13 +57,13 @@ def _header(r: _Reader) -> dict:
     is_trained, metric = r.scalar("B"), r.scalar("i")
     if metric > 1:
         r.scalar("f")  # metric_arg of the other metrics
-    if metric not in _METRICS:
+    if metric not in METRICS:
         raise FileFormatError(f"FAISS metric type {metric} is not read by jann (L2 and "
                               "inner product are)")
     if d <= 0 or ntotal < 0:
         raise FileFormatError(f"FAISS file corrupt: d={d}, ntotal={ntotal}")
     return {"d": d, "ntotal": ntotal, "is_trained": bool(is_trained),
-            "metric": _METRICS[metric]}
+            "metric": METRICS[metric]}
 
 
 def _flat_vectors(r: _Reader, head: dict) -> np.ndarray:
@@ -166,11 +146,6 @@ def _ivf_pq(r: _Reader, head: dict) -> dict:
             "ids": ids, "vectors": codes}
 
 
-# FAISS's ScalarQuantizer::QuantizerType values and jann's names of them.
-_QTYPE_CODES = {0: "SQ8", 1: "SQ4", 2: "SQ8_uniform", 3: "SQ4_uniform", 4: "SQfp16",
-                5: "SQ8_direct", 6: "SQ6", 7: "SQbf16"}
-
-
 def _scalar_quantizer(r: _Reader, d: int) -> dict:
     """A FAISS ScalarQuantizer: type, range statistic (training only), d, code size and
     its trained ranges (vmin then vdiff: per dimension, one pair, or none)."""
@@ -180,7 +155,7 @@ def _scalar_quantizer(r: _Reader, d: int) -> dict:
     r.scalar("i"), r.scalar("f")  # range statistic and its argument: training only
     sq_d, code_size = r.scalar("Q"), r.scalar("Q")
     trained = r.array(np.float32)
-    name = _QTYPE_CODES.get(qtype)
+    name = QTYPE_CODES.get(qtype)
     if name is None:
         raise FileFormatError(f"FAISS scalar quantizer type {qtype} is not read by jann")
     kind, bits = QTYPES[name][2], QTYPES[name][1]
@@ -228,7 +203,7 @@ def _flat_coded(r: _Reader, head: dict, codec: dict) -> dict:
 def _read(r: _Reader) -> dict:
     """The parts of the next index in the file (vectors, ids, centroids, ...)."""
     code = r.fourcc()
-    if code in _FLAT:
+    if code in FLAT_CLASSES:
         head = _header(r)
         return {"kind": "flat", "d": head["d"], "metric": head["metric"], "ids": None,
                 "vectors": _flat_vectors(r, head)}
@@ -341,196 +316,3 @@ def read_faiss(source) -> object:
     if r.pos != len(data):
         raise FileFormatError(f"FAISS file has {len(data) - r.pos} bytes past its index")
     return _build(parts)
-
-
-# ----------------------------------------------------------------------------- writing
-_METRIC_CODES = {"ip": 0, "l2": 1}
-
-
-class _Writer:
-    """A FAISS file built field by field, little-endian, in faiss/impl/index_write.cpp's
-    order."""
-
-    def __init__(self):
-        self.out = bytearray()
-
-    def scalar(self, fmt: str, value):
-        self.out += struct.pack("<" + fmt, value)
-
-    def fourcc(self, code: bytes):
-        self.out += code
-
-    def array(self, values, dtype, with_count: bool = True):
-        values = np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<"))
-        if with_count:
-            self.scalar("Q", values.size)
-        self.out += values.tobytes()
-
-
-def _write_header(w: _Writer, d: int, ntotal: int, metric: str):
-    w.scalar("i", d)
-    w.scalar("q", ntotal)
-    w.scalar("q", 1 << 20)  # two words FAISS writes and ignores
-    w.scalar("q", 1 << 20)
-    w.scalar("B", 1)  # is_trained
-    w.scalar("i", _METRIC_CODES[metric])
-
-
-def _write_flat(w: _Writer, vectors: np.ndarray, metric: str):
-    w.fourcc(b"IxF2" if metric == "l2" else b"IxFI")
-    _write_header(w, vectors.shape[1], vectors.shape[0], metric)
-    w.array(vectors.astype(np.float32).reshape(-1), np.float32)
-
-
-def _write_lists(w: _Writer, offsets: np.ndarray, codes: np.ndarray, ids: np.ndarray):
-    """Array inverted lists ("ilar"): list sizes (FAISS's "full" layout when more than
-    half the lists hold rows, "sprs" pairs otherwise), then each list's codes and ids."""
-    nlist = offsets.size - 1
-    sizes = np.diff(offsets).astype(np.uint64)
-    w.fourcc(b"ilar")
-    w.scalar("Q", nlist)
-    w.scalar("Q", codes.shape[1])
-    if np.count_nonzero(sizes) > nlist // 2:
-        w.fourcc(b"full")
-        w.array(sizes, np.uint64)
-    else:
-        w.fourcc(b"sprs")
-        nonempty = np.flatnonzero(sizes)
-        w.array(np.stack([nonempty.astype(np.uint64), sizes[nonempty]], 1).reshape(-1),
-                np.uint64)
-    for i in np.flatnonzero(sizes):
-        start, stop = offsets[i], offsets[i + 1]
-        w.array(codes[start:stop], np.uint8, with_count=False)
-        w.array(ids[start:stop], np.int64, with_count=False)
-
-
-def _refuse(index, why: str):
-    raise InvalidInputError(f"write_faiss: {index.describe()} cannot be written as a FAISS "
-                            f"index ({why})")
-
-
-def _write_codec(w: _Writer, index):
-    """The codec's FAISS struct: ProductQuantizer (d, M, nbits, centroids) or
-    ScalarQuantizer (type, range statistic, d, code size, trained vmin then vdiff)."""
-    codec = index.codec
-    if _codec_kind(index) == "pq":
-        w.scalar("Q", codec.d)
-        w.scalar("Q", codec.M)
-        w.scalar("Q", codec.nbits)
-        w.array(np.asarray(codec.centroids, np.float32).reshape(-1), np.float32)
-        return
-    w.scalar("i", {name: value for value, name in _QTYPE_CODES.items()}[codec.qtype])
-    w.scalar("i", 0)  # RS_minmax, FAISS's default and jann's statistic
-    w.scalar("f", 0.0)
-    w.scalar("Q", codec.d)
-    w.scalar("Q", codec.code_size)
-    w.array(np.concatenate([np.asarray(codec.vmin), np.asarray(codec.vdiff)]), np.float32)
-
-
-def _codec_kind(index) -> str:
-    from jann.quantizers.identity import IdentityCodec
-    from jann.quantizers.pq import ProductQuantizer
-    from jann.quantizers.sq import ScalarQuantizer
-
-    codec = index.codec
-    if isinstance(codec, IdentityCodec):
-        return "flat"
-    if isinstance(codec, ScalarQuantizer):
-        return "sq"
-    if isinstance(codec, ProductQuantizer):
-        if codec.nbits != 8:
-            _refuse(index, f"jann writes 8-bit PQ codes; this one has {codec.nbits} bits")
-        return "pq"
-    _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
-                   "(Flat, SQ and 8-bit PQ codes are written)")
-
-
-def _write_one_list(w: _Writer, index, codes, ids):
-    """A coded index of one list without residual as FAISS's IndexPQ / IndexScalarQuantizer
-    (rows numbered 0..n-1 there), in an IDMap / IDMap2 when its ids are other numbers."""
-    count = codes.shape[0]
-    if not np.array_equal(ids, np.arange(count)):
-        w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
-        _write_header(w, index.d, count, index.metric)
-    kind = _codec_kind(index)
-    w.fourcc(b"IxPq" if kind == "pq" else b"IxSQ")
-    _write_header(w, index.d, count, index.metric)
-    _write_codec(w, index)
-    w.array(codes.reshape(-1), np.uint8)
-    if kind == "pq":  # search type (ST_PQ), encode signs, polysemous threshold: defaults
-        w.scalar("i", 0)
-        w.scalar("B", 0)
-        w.scalar("i", index.codec.nbits * index.codec.M + 1)
-    if not np.array_equal(ids, np.arange(count)):
-        w.array(ids, np.int64)
-
-
-def _write_ivf(w: _Writer, index):
-    from jann.flat import FlatIndex
-
-    if index.exhaustive:
-        _refuse(index, "FAISS's Index2Layer is not written by jann")
-    kind = _codec_kind(index)
-    if not isinstance(index.quantizer, FlatIndex):
-        _refuse(index, "its coarse quantizer is a graph")
-    count = int(index.count)
-    offsets = np.asarray(index.offsets, np.int64)
-    ids = np.asarray(index.ids)[:count].astype(np.int64)
-    payload = np.asarray(index.payload)[:count]
-    codes = (payload.astype(np.float32).view(np.uint8).reshape(count, -1)
-             if kind == "flat" else payload.astype(np.uint8).reshape(count, -1))
-    if kind != "flat" and index.nlist == 1 and not index.by_residual:
-        return _write_one_list(w, index, codes, ids)
-    w.fourcc({"flat": b"IwFl", "pq": b"IwPQ", "sq": b"IwSq"}[kind])
-    _write_header(w, index.d, count, index.metric)
-    w.scalar("Q", index.nlist)
-    w.scalar("Q", 1)  # nprobe: a search parameter in jann, FAISS's default here
-    _write_flat(w, np.asarray(index.centroids), index.metric)
-    w.scalar("B", 0)  # no direct map
-    w.array(np.zeros(0, np.int64), np.int64)
-    if kind == "pq":
-        w.scalar("B", int(index.by_residual))
-        w.scalar("Q", index.codec.M)
-        _write_codec(w, index)
-    elif kind == "sq":
-        _write_codec(w, index)
-        w.scalar("Q", index.codec.code_size)
-        w.scalar("B", int(index.by_residual))
-    _write_lists(w, offsets, codes, ids)
-    return None
-
-
-def write_faiss(index, path=None):
-    """`index` as a FAISS index file (what `faiss.write_index` writes; `faiss.read_index`
-    and `jann.read_faiss` read it back with the same ids and results): written to
-    `path` when given, else returned as bytes (`faiss.deserialize_index` takes them as a
-    uint8 array)."""
-    from jann.api import require_trained
-    from jann.flat import FlatIndex
-    from jann.ivf.index import IVFIndex
-
-    require_trained(index, "write_faiss")
-    if not isinstance(index, (FlatIndex, IVFIndex)):
-        _refuse(index, "jann writes Flat, IDMap / IDMap2 Flat, IVF Flat and IVF 8-bit PQ")
-    if index.metric not in _METRIC_CODES:
-        _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
-                       "product; for cosine, normalise the rows and use 'ip')")
-    w = _Writer()
-    if isinstance(index, FlatIndex):
-        count = int(index.count)
-        vectors = np.asarray(index.vectors)[:count]
-        if index.id_mode == "sequential":
-            _write_flat(w, vectors, index.metric)
-        else:
-            w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
-            _write_header(w, index.d, count, index.metric)
-            _write_flat(w, vectors, index.metric)
-            w.array(np.asarray(index.ids)[:count], np.int64)
-    else:
-        _write_ivf(w, index)
-    data = bytes(w.out)
-    if path is None:
-        return data
-    with open(path, "wb") as f:
-        f.write(data)
-    return None

@@ -1,0 +1,201 @@
+"""FAISS index files written without faiss: `write_faiss` (see the package docstring)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from jann.errors import InvalidInputError
+from jann.faiss_files.format import METRIC_CODES, QTYPE_CODES
+
+__all__ = ["write_faiss"]
+
+
+class _Writer:
+    """A FAISS file built field by field, little-endian, in faiss/impl/index_write.cpp's
+    order."""
+
+    def __init__(self):
+        self.out = bytearray()
+
+    def scalar(self, fmt: str, value):
+        self.out += struct.pack("<" + fmt, value)
+
+    def fourcc(self, code: bytes):
+        self.out += code
+
+    def array(self, values, dtype, with_count: bool = True):
+        values = np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<"))
+        if with_count:
+            self.scalar("Q", values.size)
+        self.out += values.tobytes()
+
+
+def _write_header(w: _Writer, d: int, ntotal: int, metric: str):
+    w.scalar("i", d)
+    w.scalar("q", ntotal)
+    w.scalar("q", 1 << 20)  # two words FAISS writes and ignores
+    w.scalar("q", 1 << 20)
+    w.scalar("B", 1)  # is_trained
+    w.scalar("i", METRIC_CODES[metric])
+
+
+def _write_flat(w: _Writer, vectors: np.ndarray, metric: str):
+    w.fourcc(b"IxF2" if metric == "l2" else b"IxFI")
+    _write_header(w, vectors.shape[1], vectors.shape[0], metric)
+    w.array(vectors.astype(np.float32).reshape(-1), np.float32)
+
+
+def _write_lists(w: _Writer, offsets: np.ndarray, codes: np.ndarray, ids: np.ndarray):
+    """Array inverted lists ("ilar"): list sizes (FAISS's "full" layout when more than
+    half the lists hold rows, "sprs" pairs otherwise), then each list's codes and ids."""
+    nlist = offsets.size - 1
+    sizes = np.diff(offsets).astype(np.uint64)
+    w.fourcc(b"ilar")
+    w.scalar("Q", nlist)
+    w.scalar("Q", codes.shape[1])
+    if np.count_nonzero(sizes) > nlist // 2:
+        w.fourcc(b"full")
+        w.array(sizes, np.uint64)
+    else:
+        w.fourcc(b"sprs")
+        nonempty = np.flatnonzero(sizes)
+        w.array(np.stack([nonempty.astype(np.uint64), sizes[nonempty]], 1).reshape(-1),
+                np.uint64)
+    for i in np.flatnonzero(sizes):
+        start, stop = offsets[i], offsets[i + 1]
+        w.array(codes[start:stop], np.uint8, with_count=False)
+        w.array(ids[start:stop], np.int64, with_count=False)
+
+
+def _refuse(index, why: str):
+    raise InvalidInputError(f"write_faiss: {index.describe()} cannot be written as a FAISS "
+                            f"index ({why})")
+
+
+def _write_codec(w: _Writer, index):
+    """The codec's FAISS struct: ProductQuantizer (d, M, nbits, centroids) or
+    ScalarQuantizer (type, range statistic, d, code size, trained vmin then vdiff)."""
+    codec = index.codec
+    if _codec_kind(index) == "pq":
+        w.scalar("Q", codec.d)
+        w.scalar("Q", codec.M)
+        w.scalar("Q", codec.nbits)
+        w.array(np.asarray(codec.centroids, np.float32).reshape(-1), np.float32)
+        return
+    w.scalar("i", {name: value for value, name in QTYPE_CODES.items()}[codec.qtype])
+    w.scalar("i", 0)  # RS_minmax, FAISS's default and jann's statistic
+    w.scalar("f", 0.0)
+    w.scalar("Q", codec.d)
+    w.scalar("Q", codec.code_size)
+    w.array(np.concatenate([np.asarray(codec.vmin), np.asarray(codec.vdiff)]), np.float32)
+
+
+def _codec_kind(index) -> str:
+    from jann.quantizers.identity import IdentityCodec
+    from jann.quantizers.pq import ProductQuantizer
+    from jann.quantizers.sq import ScalarQuantizer
+
+    codec = index.codec
+    if isinstance(codec, IdentityCodec):
+        return "flat"
+    if isinstance(codec, ScalarQuantizer):
+        return "sq"
+    if isinstance(codec, ProductQuantizer):
+        if codec.nbits != 8:
+            _refuse(index, f"jann writes 8-bit PQ codes; this one has {codec.nbits} bits")
+        return "pq"
+    _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
+                   "(Flat, SQ and 8-bit PQ codes are written)")
+
+
+def _write_one_list(w: _Writer, index, codes, ids):
+    """A coded index of one list without residual as FAISS's IndexPQ / IndexScalarQuantizer
+    (rows numbered 0..n-1 there), in an IDMap / IDMap2 when its ids are other numbers."""
+    count = codes.shape[0]
+    if not np.array_equal(ids, np.arange(count)):
+        w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
+        _write_header(w, index.d, count, index.metric)
+    kind = _codec_kind(index)
+    w.fourcc(b"IxPq" if kind == "pq" else b"IxSQ")
+    _write_header(w, index.d, count, index.metric)
+    _write_codec(w, index)
+    w.array(codes.reshape(-1), np.uint8)
+    if kind == "pq":  # search type (ST_PQ), encode signs, polysemous threshold: defaults
+        w.scalar("i", 0)
+        w.scalar("B", 0)
+        w.scalar("i", index.codec.nbits * index.codec.M + 1)
+    if not np.array_equal(ids, np.arange(count)):
+        w.array(ids, np.int64)
+
+
+def _write_ivf(w: _Writer, index):
+    from jann.flat import FlatIndex
+
+    if index.exhaustive:
+        _refuse(index, "FAISS's Index2Layer is not written by jann")
+    kind = _codec_kind(index)
+    if not isinstance(index.quantizer, FlatIndex):
+        _refuse(index, "its coarse quantizer is a graph")
+    count = int(index.count)
+    offsets = np.asarray(index.offsets, np.int64)
+    ids = np.asarray(index.ids)[:count].astype(np.int64)
+    payload = np.asarray(index.payload)[:count]
+    codes = (payload.astype(np.float32).view(np.uint8).reshape(count, -1)
+             if kind == "flat" else payload.astype(np.uint8).reshape(count, -1))
+    if kind != "flat" and index.nlist == 1 and not index.by_residual:
+        return _write_one_list(w, index, codes, ids)
+    w.fourcc({"flat": b"IwFl", "pq": b"IwPQ", "sq": b"IwSq"}[kind])
+    _write_header(w, index.d, count, index.metric)
+    w.scalar("Q", index.nlist)
+    w.scalar("Q", 1)  # nprobe: a search parameter in jann, FAISS's default here
+    _write_flat(w, np.asarray(index.centroids), index.metric)
+    w.scalar("B", 0)  # no direct map
+    w.array(np.zeros(0, np.int64), np.int64)
+    if kind == "pq":
+        w.scalar("B", int(index.by_residual))
+        w.scalar("Q", index.codec.M)
+        _write_codec(w, index)
+    elif kind == "sq":
+        _write_codec(w, index)
+        w.scalar("Q", index.codec.code_size)
+        w.scalar("B", int(index.by_residual))
+    _write_lists(w, offsets, codes, ids)
+    return None
+
+
+def write_faiss(index, path=None):
+    """`index` as a FAISS index file (what `faiss.write_index` writes; `faiss.read_index`
+    and `jann.read_faiss` read it back with the same ids and results): written to
+    `path` when given, else returned as bytes (`faiss.deserialize_index` takes them as a
+    uint8 array)."""
+    from jann.api import require_trained
+    from jann.flat import FlatIndex
+    from jann.ivf.index import IVFIndex
+
+    require_trained(index, "write_faiss")
+    if not isinstance(index, (FlatIndex, IVFIndex)):
+        _refuse(index, "jann writes Flat, IDMap / IDMap2 Flat, IVF Flat and IVF 8-bit PQ")
+    if index.metric not in METRIC_CODES:
+        _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
+                       "product; for cosine, normalise the rows and use 'ip')")
+    w = _Writer()
+    if isinstance(index, FlatIndex):
+        count = int(index.count)
+        vectors = np.asarray(index.vectors)[:count]
+        if index.id_mode == "sequential":
+            _write_flat(w, vectors, index.metric)
+        else:
+            w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
+            _write_header(w, index.d, count, index.metric)
+            _write_flat(w, vectors, index.metric)
+            w.array(np.asarray(index.ids)[:count], np.int64)
+    else:
+        _write_ivf(w, index)
+    data = bytes(w.out)
+    if path is None:
+        return data
+    with open(path, "wb") as f:
+        f.write(data)
+    return None
