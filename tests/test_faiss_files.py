@@ -45,7 +45,8 @@ CASES = [("Flat", faiss.METRIC_L2), ("Flat", faiss.METRIC_INNER_PRODUCT),
          ("IVF32,PQ14", faiss.METRIC_INNER_PRODUCT), ("IVF32,SQ8", faiss.METRIC_L2),
          ("IVF32,SQ6", faiss.METRIC_INNER_PRODUCT), ("IVF32,SQfp16", faiss.METRIC_L2),
          ("SQ8", faiss.METRIC_L2), ("SQ4", faiss.METRIC_INNER_PRODUCT),
-         ("SQbf16", faiss.METRIC_L2), ("PQ14", faiss.METRIC_L2), ("IDMap,SQ8", faiss.METRIC_L2)]
+         ("SQbf16", faiss.METRIC_L2), ("PQ14", faiss.METRIC_L2), ("IDMap,SQ8", faiss.METRIC_L2),
+         ("IVF32,PQ7x4", faiss.METRIC_L2), ("PQ14x4", faiss.METRIC_L2)]
 # Look-up-table sums in another order round differently: on inner products of this data
 # (values ~1e5) that reorders near ties, 0.4% of ids measured; L2 ids are identical.
 ID_AGREEMENT = {("IVF32,PQ14", faiss.METRIC_INNER_PRODUCT): 0.99}
@@ -102,9 +103,9 @@ def test_truncated_tampered_and_unsupported_files_fail_cleanly(data):
     hnsw = faiss.serialize_index(_faiss_index("HNSW8", faiss.METRIC_L2, xb[:500]))
     with pytest.raises(jann.FileFormatError, match="not read"):
         jann.read_faiss(hnsw)
-    pq4 = faiss.serialize_index(_faiss_index("IVF8,PQ4x4", faiss.METRIC_L2, xb[:500]))
-    with pytest.raises(jann.FileFormatError, match="8-bit"):
-        jann.read_faiss(pq4)
+    pq6 = faiss.serialize_index(_faiss_index("IVF8,PQ4x6", faiss.METRIC_L2, xb[:500]))
+    with pytest.raises(jann.FileFormatError, match="4-bit"):
+        jann.read_faiss(pq6)
     with pytest.raises(jann.FileFormatError, match="path or bytes"):
         jann.read_faiss(12)
 
@@ -113,7 +114,8 @@ WRITTEN = [("Flat", "l2"), ("Flat", "ip"), ("IDMap,Flat", "l2"), ("IDMap2,Flat",
            ("IVF32,Flat", "l2"), ("IVF32,Flat", "ip"), ("IDMap,IVF32,Flat", "l2"),
            ("IVF32,PQ14", "l2"), ("IVF32,PQ14", "ip"), ("IVF32,PQ7", "l2"),
            ("IVF32,SQ8", "l2"), ("IVF32,SQ6", "ip"), ("IVF32,SQbf16", "l2"), ("SQ8", "l2"),
-           ("SQ4", "ip"), ("SQfp16", "l2"), ("PQ14", "l2"), ("IDMap2,PQ7", "ip")]
+           ("SQ4", "ip"), ("SQfp16", "l2"), ("PQ14", "l2"), ("IDMap2,PQ7", "ip"),
+           ("IVF32,PQ7x4", "l2"), ("PQ14x4", "l2")]
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -156,7 +158,7 @@ def test_indexes_faiss_has_no_class_for_are_refused(data):
     with pytest.raises(jann.NotTrainedError):
         jann.write_faiss(jann.index_factory(d, "IVF8,Flat"))
     for spec, metric, why in (("Flat", "cosine", "cosine"), ("IVF8,RQ2x4", "l2", "Residual"),
-                              ("IVF8,PQ14x4", "l2", "8-bit"),
+                              ("IVF8,PQ14x6", "l2", "4-bit"),
                               ("Residual8,PQ14", "l2", "Index2Layer"),
                               ("HNSW8", "l2", "writes Flat"), ("PCA32,Flat", "l2", "writes Flat")):
         index = jann.train(jann.index_factory(d, spec, metric), xb[:1000], key=0)

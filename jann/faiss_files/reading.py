@@ -168,14 +168,17 @@ def _scalar_quantizer(r: _Reader, d: int) -> dict:
 
 
 def _product_quantizer(r: _Reader, d: int) -> dict:
+    """A FAISS ProductQuantizer with 8- or 4-bit codes (whose bytes jann's PQ shares:
+    one byte per sub-code, or two per byte, the first in the low nibble)."""
     pq_d, M, nbits = r.scalar("Q"), r.scalar("Q"), r.scalar("Q")
-    if pq_d != d or not 0 < M <= d or d % M or nbits != 8:
+    if pq_d != d or not 0 < M <= d or d % M or nbits not in (4, 8):
         raise FileFormatError(f"FAISS product quantizer with d={pq_d}, M={M}, nbits={nbits} "
-                              "is not read by jann (8-bit codes are)")
+                              "is not read by jann (8-bit and 4-bit codes are)")
     centroids = r.array(np.float32)
-    if centroids.size != M * 256 * (d // M):
+    if centroids.size != M * (1 << nbits) * (d // M):
         raise FileFormatError("FAISS product quantizer corrupt: centroid count")
-    return {"codec": "pq", "M": M, "code_size": M, "pq": centroids.reshape(M, 256, d // M)}
+    return {"codec": "pq", "M": M, "nbits": nbits, "code_size": -(-M * nbits // 8),
+            "pq": centroids.reshape(M, 1 << nbits, d // M)}
 
 
 def _ivf_sq(r: _Reader, head: dict) -> dict:
@@ -255,7 +258,8 @@ def _build(parts: dict):
     if parts["kind"] == "flat":
         index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
         return add(index, vectors, given)
-    codes = {"pq": lambda: f"PQ{parts['M']}", "sq": lambda: parts["qtype"]}.get(
+    codes = {"pq": lambda: f"PQ{parts['M']}" + ("x4" if parts["nbits"] == 4 else ""),
+             "sq": lambda: parts["qtype"]}.get(
         parts.get("codec"), lambda: "Flat")()
     if parts["kind"] == "coded":  # one list, no residual: FAISS's IndexPQ / IndexSQ
         index = index_factory(parts["d"], prefix + codes, parts["metric"])

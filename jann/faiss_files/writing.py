@@ -103,8 +103,9 @@ def _codec_kind(index) -> str:
     if isinstance(codec, ScalarQuantizer):
         return "sq"
     if isinstance(codec, ProductQuantizer):
-        if codec.nbits != 8:
-            _refuse(index, f"jann writes 8-bit PQ codes; this one has {codec.nbits} bits")
+        if codec.nbits not in (4, 8):  # the widths whose bytes FAISS's are too
+            _refuse(index, f"jann writes 8- and 4-bit PQ codes; this one has {codec.nbits} "
+                           "bits")
         return "pq"
     _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
                    "(Flat, SQ and 8-bit PQ codes are written)")
@@ -155,7 +156,7 @@ def _write_ivf(w: _Writer, index):
     w.array(np.zeros(0, np.int64), np.int64)
     if kind == "pq":
         w.scalar("B", int(index.by_residual))
-        w.scalar("Q", index.codec.M)
+        w.scalar("Q", codes.shape[1])  # code size
         _write_codec(w, index)
     elif kind == "sq":
         _write_codec(w, index)
