@@ -167,3 +167,37 @@ def test_indexes_faiss_has_no_class_for_are_refused(data):
     binary = jann.index_factory(64, "BFlat")
     with pytest.raises(jann.InvalidInputError, match="hamming"):
         jann.write_faiss(binary)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("spec", ["IVF32,PQ14,RFlat", "SQ4,RFlat"])
+def test_refine_flat_both_ways(spec, data):
+    """IndexRefineFlat: faiss-cpu's file read by jann and jann's read by faiss-cpu give
+    the same ids at the same nprobe and k_factor; faiss rewrites jann's bytes as they are."""
+    xb, xq = data
+    params = {"k_factor": 4, **({"nprobe": 4} if "IVF" in spec else {})}
+
+    def set_params(index, k_factor, nprobe):
+        index.k_factor = k_factor
+        if "IVF" in spec:
+            faiss.extract_index_ivf(index).nprobe = nprobe
+
+    ref = faiss.index_factory(xb.shape[1], spec)
+    ref.train(xb)
+    ref.add(xb)
+    set_params(ref, 4, 4)
+    ours = jann.read_faiss(faiss.serialize_index(ref))
+    assert ours.describe() == spec and ours.k_factor == 4
+    np.testing.assert_array_equal(np.asarray(jann.search(ours, xq, K, **params)[1]),
+                                  ref.search(xq, K)[1])
+    index = jann.add(jann.train(jann.index_factory(xb.shape[1], spec), xb, key=0), xb)
+    blob = jann.write_faiss(index)
+    theirs = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    set_params(theirs, 4, 4)
+    np.testing.assert_array_equal(theirs.search(xq, K)[1],
+                                  np.asarray(jann.search(index, xq, K, **params)[1]))
+    set_params(theirs, 1, 1)
+    assert faiss.serialize_index(theirs).tobytes() == blob
+    removed, _ = jann.remove_ids(index, [5])  # FAISS's refine numbers rows 0..n-1
+    with pytest.raises(jann.InvalidInputError, match="0..n-1"):
+        jann.write_faiss(removed)

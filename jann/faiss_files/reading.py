@@ -224,6 +224,16 @@ def _read(r: _Reader) -> dict:
         parts = _flat_coded(r, head, _product_quantizer(r, head["d"]))
         r.scalar("i"), r.scalar("B"), r.scalar("i")  # search type, signs, polysemous ht
         return parts
+    if code == b"IxRF":
+        head = _header(r)
+        base, refine = _read(r), _read(r)
+        k_factor = r.scalar("f")
+        if refine["kind"] != "flat" or refine["vectors"].shape != (head["ntotal"], head["d"]) \
+                or base["d"] != head["d"] or not k_factor >= 1:
+            raise FileFormatError("FAISS IndexRefine corrupt, or its refine index not Flat")
+        return {"kind": "refine", "d": head["d"], "metric": head["metric"], "base": base,
+                "refine": refine["vectors"], "k_factor": float(k_factor), "ids": None,
+                "vectors": refine["vectors"]}
     if code in (b"IxMp", b"IxM2"):
         head = _header(r)
         inner = _read(r)
@@ -238,11 +248,18 @@ def _read(r: _Reader) -> dict:
                 else "idmap"}
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
                           "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
-                          "IndexIVFScalarQuantizer, IndexScalarQuantizer and IndexPQ)")
+                          "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ and "
+                          "IndexRefineFlat)")
 
 
 def _build(parts: dict):
     """The jann index of the parts, with FAISS's ids (sequential where they are 0..n-1)."""
+    if parts["kind"] == "refine":  # the refine rows are the base's labels 0..n-1
+        base = _build(parts["base"])
+        template = index_factory(parts["d"], f"{base.describe()},RFlat", parts["metric"])
+        refine = add(template.refine, parts["refine"], np.arange(len(parts["refine"])))
+        return dataclasses.replace(template, base=base, refine=refine,
+                                   k_factor=parts["k_factor"])
     ids, vectors = parts["ids"], parts["vectors"]
     lists = parts.get("lists")
     if ids is not None:

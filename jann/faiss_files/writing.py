@@ -166,23 +166,41 @@ def _write_ivf(w: _Writer, index):
     return None
 
 
-def write_faiss(index, path=None):
-    """`index` as a FAISS index file (what `faiss.write_index` writes; `faiss.read_index`
-    and `jann.read_faiss` read it back with the same ids and results): written to
-    `path` when given, else returned as bytes (`faiss.deserialize_index` takes them as a
-    uint8 array)."""
-    from jann.api import require_trained
+def _write_refine(w: _Writer, index):
+    """FAISS's IndexRefineFlat: its base, then the exact vectors of rows 0..n-1 (FAISS
+    looks the base's labels up by position there), then k_factor."""
+    from jann.api import ntotal, reconstruct
+    from jann.flat import FlatIndex
+
+    if not isinstance(index.refine, FlatIndex) or index.refine_description != "RFlat":
+        _refuse(index, f"FAISS's refine index is Flat; this one is {index.refine_description}")
+    n = ntotal(index.base)
+    ids = np.asarray(index.refine.ids)[: int(index.refine.count)]
+    if not np.array_equal(np.sort(ids), np.arange(n)):
+        _refuse(index, "FAISS's IndexRefine numbers rows 0..n-1 and this index's ids are "
+                       "other numbers (ids given, or gaps left by removals)")
+    w.fourcc(b"IxRF")
+    _write_header(w, index.d, n, index.metric)
+    _write_index(w, index.base)
+    vectors = np.asarray(reconstruct(index.refine, np.arange(n))).reshape(n, index.d)
+    _write_flat(w, vectors, index.metric)
+    w.scalar("f", index.k_factor)
+
+
+def _write_index(w: _Writer, index):
+    from jann.compose import RefineIndex
     from jann.flat import FlatIndex
     from jann.ivf.index import IVFIndex
 
-    require_trained(index, "write_faiss")
-    if not isinstance(index, (FlatIndex, IVFIndex)):
-        _refuse(index, "jann writes Flat, IDMap / IDMap2 Flat, IVF Flat and IVF 8-bit PQ")
+    if not isinstance(index, (FlatIndex, IVFIndex, RefineIndex)):
+        _refuse(index, "jann writes Flat, IVF (Flat, SQ, 4- / 8-bit PQ codes), one-list "
+                       "SQ / PQ, their IDMap / IDMap2 forms and RFlat refinement")
     if index.metric not in METRIC_CODES:
         _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
                        "product; for cosine, normalise the rows and use 'ip')")
-    w = _Writer()
-    if isinstance(index, FlatIndex):
+    if isinstance(index, RefineIndex):
+        _write_refine(w, index)
+    elif isinstance(index, FlatIndex):
         count = int(index.count)
         vectors = np.asarray(index.vectors)[:count]
         if index.id_mode == "sequential":
@@ -194,6 +212,18 @@ def write_faiss(index, path=None):
             w.array(np.asarray(index.ids)[:count], np.int64)
     else:
         _write_ivf(w, index)
+
+
+def write_faiss(index, path=None):
+    """`index` as a FAISS index file (what `faiss.write_index` writes; `faiss.read_index`
+    and `jann.read_faiss` read it back with the same ids and results): written to
+    `path` when given, else returned as bytes (`faiss.deserialize_index` takes them as a
+    uint8 array)."""
+    from jann.api import require_trained
+
+    require_trained(index, "write_faiss")
+    w = _Writer()
+    _write_index(w, index)
     data = bytes(w.out)
     if path is None:
         return data
