@@ -42,7 +42,8 @@ _map_ops_of_the_source_tree()
 
 from jann import config, ops, quantizers, transforms
 from jann._pytree import pytree_dataclass, static
-from jann.facade import Index, read_index, write_index
+from jann.index import Index
+from jann.facade import IndexHandle, read_index, write_index
 from jann.api import (
     add, add_preassigned, check, clear_status, ntotal, reconstruct, reconstruct_n,
     remove_ids, reserve, search, shrink_to_fit, stack, train)
@@ -99,5 +100,5 @@ __all__ = [
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
     "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
     "Index", "pytree_dataclass", "static", "read_faiss", "write_faiss", "read_index",
-    "write_index",
+    "write_index", "IndexHandle",
 ]

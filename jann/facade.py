@@ -1,7 +1,8 @@
-"""`jann.Index`: FAISS's object habits over jann's immutable indexes.
+"""`jann.Index(d, "IVF1024,PQ32")`: FAISS's object habits over jann's immutable indexes.
 
 A FAISS script builds an index object, trains and fills it in place, sets `nprobe` on it
-and searches. `jann.Index(d, "IVF1024,PQ32")` behaves that way: each mutation runs the
+and searches. `jann.Index(d, "IVF1024,PQ32")` (the index interface class called itself,
+not subclassed) returns an `IndexHandle`, which behaves that way: each mutation runs the
 functional call (`jann.train`, `jann.add`, ...) and replaces `ix.state`, the immutable
 index (a pytree: pass it to `jax.jit`, `jax.vmap`, `jann.shard`). Adds donate the old
 state's buffers (no copy of the index per add), so a state taken out of `ix.state`
@@ -24,8 +25,9 @@ from jann.errors import InvalidInputError, JannError
 from jann.factory import index_factory
 from jann.faiss_files import read_faiss
 from jann.index import Index as IndexInterface
+from jann.index import set_index_object_type
 
-__all__ = ["Index", "read_index", "write_index"]
+__all__ = ["IndexHandle", "read_index", "write_index"]
 
 # FAISS's names of the search parameters jann names otherwise.
 FAISS_PARAMETER_NAMES = {"efSearch": "ef", "quantizer_efSearch": "quantizer_ef"}
@@ -35,9 +37,9 @@ def _parameter_name(name: str) -> str:
     return FAISS_PARAMETER_NAMES.get(name, name)
 
 
-class Index:
-    """A FAISS-style index object: `Index(d, description="Flat", metric="l2", **kw)` (the
-    arguments of `jann.index_factory`), or `Index(state)` around a jann index."""
+class IndexHandle:
+    """A FAISS-style index object: `jann.Index(d, description="Flat", metric="l2", **kw)`
+    (the arguments of `jann.index_factory`), or `jann.Index(state)` around a jann index."""
 
     def __init__(self, d, description: str = "Flat", metric: str = "l2", **kwargs):
         if isinstance(d, IndexInterface):
@@ -159,15 +161,20 @@ def _own_parameter_names(index):
 
 
 def write_index(index, path) -> str:
-    """Save a `jann.Index` (or a jann index) as a jann checkpoint at `path` (a folder; any
-    index kind, restorable onto another mesh). `jann.write_faiss` writes FAISS's format."""
-    state = index.state if isinstance(index, Index) else index
+    """Save an index object (`jann.Index(...)`) or a jann index as a jann checkpoint at
+    `path` (a folder; any index kind, restorable onto another mesh). `jann.write_faiss`
+    writes FAISS's format."""
+    state = index.state if isinstance(index, IndexHandle) else index
     return checkpoint.save(state, path)
 
 
-def read_index(path) -> Index:
-    """A `jann.Index` from a jann checkpoint folder (`write_index`, `jann.save`) or a
-    FAISS index file (`faiss.write_index`, read with `jann.read_faiss`)."""
+def read_index(path) -> IndexHandle:
+    """An index object (as `jann.Index(...)` makes) from a jann checkpoint folder
+    (`write_index`, `jann.save`) or a FAISS index file (`faiss.write_index`, read with
+    `jann.read_faiss`)."""
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
-        return Index(checkpoint.load(path))
-    return Index(read_faiss(path))
+        return IndexHandle(checkpoint.load(path))
+    return IndexHandle(read_faiss(path))
+
+
+set_index_object_type(IndexHandle)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jann._inputs import as_vectors
 from jann.errors import InvalidInputError
 
-__all__ = ["INVERTED_LIST_MEMBERS", "Index", "REQUIRED"]
+__all__ = ["INVERTED_LIST_MEMBERS", "Index", "REQUIRED", "set_index_object_type"]
 
 # What every concrete index defines (as a method, property or dataclass field).
 REQUIRED = (
@@ -43,8 +43,20 @@ INVERTED_LIST_MEMBERS = ("nlist", "prepare", "scan", "insert_rows", "row_lists",
                          "norms", "centroids", "codec", "with_next_id")
 
 
+# What `Index(...)` called itself makes: set by jann.facade, which builds on this module.
+_OBJECT_TYPE = None
+
+
+def set_index_object_type(object_type) -> None:
+    """Make `Index(*args)` (the class itself, not a subclass) return object_type(*args)."""
+    global _OBJECT_TYPE
+    _OBJECT_TYPE = object_type
+
+
 class Index:
-    """Base class of every index type (see the module docstring).
+    """Base class of every index type (see the module docstring). Called itself,
+    `Index(d, description, metric="l2", **kwargs)`, it makes a FAISS-style index object
+    (`jann.facade.IndexHandle`) instead.
 
     Capabilities are class attributes, so code branches on what an index declares rather
     than on what attributes it happens to have:
@@ -67,6 +79,17 @@ class Index:
     status: jax.Array
     capacity: int
     ids: jax.Array
+
+    def __new__(cls, *args, **kwargs):
+        # `jann.Index(d, "IVF1024,PQ32")` itself (not a subclass) is FAISS's habit of an
+        # index object: it gives the handle of `jann.facade` (as pathlib.Path gives a
+        # PosixPath); index types subclass Index and construct as dataclasses.
+        if cls is Index:
+            if _OBJECT_TYPE is None:
+                raise TypeError("jann.Index is the index interface: subclass it, or import "
+                                "jann.facade to make index objects")
+            return _OBJECT_TYPE(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -29,6 +29,7 @@ def test_the_faiss_script_runs_and_answers_as_the_functional_api(data, tmp_path)
     ix.nprobe = 8
     D, I = ix.search(xq, K)
     assert isinstance(D, np.ndarray) and I.shape == (len(xq), K) and ix.ntotal == len(xb)
+    assert isinstance(ix, jann.IndexHandle)  # index types still subclass jann.Index
     want_d, want_i = jann.search(ix.state, xq, K, nprobe=8)
     np.testing.assert_array_equal(I, np.asarray(want_i))
     np.testing.assert_allclose(D, np.asarray(want_d))
