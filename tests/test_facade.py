@@ -2,6 +2,8 @@
 are the functional API's, mutation donates the old state, bad attributes and values are
 refused by name, and write_index / read_index round-trip jann checkpoints and FAISS files."""
 
+from pathlib import Path
+
 import faiss
 import jax
 import numpy as np
@@ -100,3 +102,19 @@ def test_read_index_takes_faiss_files(data, tmp_path):
     ix = jann.read_index(tmp_path / "f.faiss")
     ix.nprobe = 4
     np.testing.assert_array_equal(ix.search(xq, K)[1], ref.search(xq, K)[1])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_readme_script_runs_as_written(tmp_path, monkeypatch):
+    """The README's facade block itself, on data of its shape (d divisible by 32)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = readme[readme.index("`jann.Index` keeps FAISS's object habits"):]
+    start = after.index("```python") + len("```python")
+    block = after[start:after.index("```", start)]
+    rng = np.random.default_rng(0)
+    d = 64
+    xt = rng.standard_normal((5000, d)).astype(np.float32)
+    namespace = {"d": d, "xt": xt, "xb": xt[:3000], "xq": xt[:5]}
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["ix"].ntotal == 2900 and namespace["I"].shape == (5, 10)
