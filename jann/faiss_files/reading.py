@@ -237,6 +237,8 @@ def _read(r: _Reader) -> dict:
     if code in (b"IxMp", b"IxM2"):
         head = _header(r)
         inner = _read(r)
+        if inner["kind"] == "refine":
+            raise FileFormatError("FAISS IndexIDMap around an IndexRefine is not read by jann")
         id_map = r.array(np.int64)
         n = inner["vectors"].shape[0]
         if id_map.size != n or head["ntotal"] != n:
@@ -250,6 +252,13 @@ def _read(r: _Reader) -> dict:
                           "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
                           "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ and "
                           "IndexRefineFlat)")
+
+
+def _codes_description(parts: dict) -> str:
+    """The factory name of the parts' codes: "PQ14", "PQ14x4", "SQ8", ... or "Flat"."""
+    if parts.get("codec") == "pq":
+        return f"PQ{parts['M']}" + ("x4" if parts["nbits"] == 4 else "")
+    return parts["qtype"] if parts.get("codec") == "sq" else "Flat"
 
 
 def _build(parts: dict):
@@ -275,9 +284,7 @@ def _build(parts: dict):
     if parts["kind"] == "flat":
         index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
         return add(index, vectors, given)
-    codes = {"pq": lambda: f"PQ{parts['M']}" + ("x4" if parts["nbits"] == 4 else ""),
-             "sq": lambda: parts["qtype"]}.get(
-        parts.get("codec"), lambda: "Flat")()
+    codes = _codes_description(parts)
     if parts["kind"] == "coded":  # one list, no residual: FAISS's IndexPQ / IndexSQ
         index = index_factory(parts["d"], prefix + codes, parts["metric"])
         index = index.with_centroids(np.zeros((1, parts["d"]), np.float32))
