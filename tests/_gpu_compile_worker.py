@@ -9,6 +9,7 @@ runs, so this says nothing of speed or numerics.
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -87,19 +88,22 @@ _TOOLCHAIN = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-c
               "libtpu")
 
 
+@functools.lru_cache(maxsize=None)
 def _versions():
-    found = []
+    found = []  # the same for every program of a run: looked up once
     for name in _TOOLCHAIN:
         try:
             found.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             found.append(f"{name} absent")
-    return found
+    return tuple(found)
 
 
 _SALT = None  # the target and toolchain part of every digest, set by the main functions
 
 
+# Kernel IR holds its source files' absolute paths (in Triton bytecode, length-prefixed,
+# so they cannot be edited out): marks are reused by checkouts at the same path.
 def _digest(lowered) -> str:
     text = "\n".join([_SALT, os.environ.get("XLA_FLAGS", ""), *_versions(), lowered.as_text()])
     return hashlib.sha256(text.encode()).hexdigest()

@@ -108,27 +108,36 @@ def _codec_kind(index) -> str:
                            "bits")
         return "pq"
     _refuse(index, f"its {type(codec).__name__} codes have no FAISS class jann writes "
-                   "(Flat, SQ and 8-bit PQ codes are written)")
+                   "(Flat, SQ and 8- / 4-bit PQ codes are written)")
+
+
+def _in_id_map(w: _Writer, index, ids, wrapped: bool, write_inner):
+    """write_inner() (rows 0..n-1), inside FAISS's IndexIDMap / IDMap2 holding `ids`
+    when `wrapped`."""
+    if not wrapped:
+        return write_inner()
+    w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
+    _write_header(w, index.d, len(ids), index.metric)
+    write_inner()
+    w.array(ids, np.int64)
 
 
 def _write_one_list(w: _Writer, index, codes, ids):
     """A coded index of one list without residual as FAISS's IndexPQ / IndexScalarQuantizer
     (rows numbered 0..n-1 there), in an IDMap / IDMap2 when its ids are other numbers."""
-    count = codes.shape[0]
-    if not np.array_equal(ids, np.arange(count)):
-        w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
-        _write_header(w, index.d, count, index.metric)
     kind = _codec_kind(index)
-    w.fourcc(b"IxPq" if kind == "pq" else b"IxSQ")
-    _write_header(w, index.d, count, index.metric)
-    _write_codec(w, index)
-    w.array(codes.reshape(-1), np.uint8)
-    if kind == "pq":  # search type (ST_PQ), encode signs, polysemous threshold: defaults
-        w.scalar("i", 0)
-        w.scalar("B", 0)
-        w.scalar("i", index.codec.nbits * index.codec.M + 1)
-    if not np.array_equal(ids, np.arange(count)):
-        w.array(ids, np.int64)
+
+    def coded():
+        w.fourcc(b"IxPq" if kind == "pq" else b"IxSQ")
+        _write_header(w, index.d, codes.shape[0], index.metric)
+        _write_codec(w, index)
+        w.array(codes.reshape(-1), np.uint8)
+        if kind == "pq":  # search type (ST_PQ), encode signs, polysemous threshold
+            w.scalar("i", 0)
+            w.scalar("B", 0)
+            w.scalar("i", index.codec.nbits * index.codec.M + 1)
+
+    _in_id_map(w, index, ids, not np.array_equal(ids, np.arange(len(ids))), coded)
 
 
 def _write_ivf(w: _Writer, index):
@@ -146,7 +155,8 @@ def _write_ivf(w: _Writer, index):
     codes = (payload.astype(np.float32).view(np.uint8).reshape(count, -1)
              if kind == "flat" else payload.astype(np.uint8).reshape(count, -1))
     if kind != "flat" and index.nlist == 1 and not index.by_residual:
-        return _write_one_list(w, index, codes, ids)
+        _write_one_list(w, index, codes, ids)
+        return
     w.fourcc({"flat": b"IwFl", "pq": b"IwPQ", "sq": b"IwSq"}[kind])
     _write_header(w, index.d, count, index.metric)
     w.scalar("Q", index.nlist)
@@ -160,10 +170,9 @@ def _write_ivf(w: _Writer, index):
         _write_codec(w, index)
     elif kind == "sq":
         _write_codec(w, index)
-        w.scalar("Q", index.codec.code_size)
+        w.scalar("Q", codes.shape[1])  # code size
         w.scalar("B", int(index.by_residual))
     _write_lists(w, offsets, codes, ids)
-    return None
 
 
 def _write_refine(w: _Writer, index):
@@ -203,13 +212,8 @@ def _write_index(w: _Writer, index):
     elif isinstance(index, FlatIndex):
         count = int(index.count)
         vectors = np.asarray(index.vectors)[:count]
-        if index.id_mode == "sequential":
-            _write_flat(w, vectors, index.metric)
-        else:
-            w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
-            _write_header(w, index.d, count, index.metric)
-            _write_flat(w, vectors, index.metric)
-            w.array(np.asarray(index.ids)[:count], np.int64)
+        _in_id_map(w, index, np.asarray(index.ids)[:count], index.id_mode != "sequential",
+                   lambda: _write_flat(w, vectors, index.metric))
     else:
         _write_ivf(w, index)
 
