@@ -158,6 +158,31 @@ def reset_peak_rss() -> bool:
         return False
 
 
+class CompileClock:
+    """Seconds jax spent tracing, lowering and compiling while active (jax.monitoring's
+    compile events), so a build's first-call compile time is reported apart."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, event, duration, **kwargs):
+        if event in self.EVENTS:
+            self.seconds += duration
+
+    def __enter__(self):
+        import jax
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
 def run_tracked(fn: Callable[[], Any]) -> tuple[Any, dict]:
     """fn() with its wall time, the process RSS before, at peak during, and after, and
     the CPU share other processes took meanwhile."""

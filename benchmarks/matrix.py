@@ -140,6 +140,9 @@ def child_main(argv) -> dict:
     library = run.LIBRARIES[args.library]
     runner = library(args.config, data.xb.shape[1], data.metric, args.threads, args.seed)
     _, build = _common.run_tracked(lambda: runner.build(data.xb))
+    # compile_s: the part of the build jax spent tracing and compiling (a second build in
+    # the same process would skip it); None for libraries that compile nothing.
+    build["compile_s"] = getattr(runner, "compile_s", None)
     out = {"library": args.library, "config": args.config, "version": library.version(),
            "build": build, "index_bytes": runner.index_bytes(),
            "build_includes_compile": runner.build_includes_compile}
@@ -300,7 +303,7 @@ def _summarize_line(progress, cell: dict):
     if "error" in cell:
         progress.line(f"  {cell['library']}: ERROR {cell['error'][-300:]}")
         return
-    parts = [f"build {cell['build']['seconds']:.1f} s"]
+    parts = [f"build {cell['build']['seconds']:.1f} s" + _compile_part(cell["build"])]
     for name, c in cell["cells"].items():
         if not c["reached"]:
             parts.append(f"{name}: not reached (best {c['best_recall']:.3f})")
@@ -308,6 +311,11 @@ def _summarize_line(progress, cell: dict):
         qps = " ".join(f"{b}:{v['qps']:,.0f}" for b, v in c["batches"].items())
         parts.append(f"{name} {c['params']} r={c['recall']:.3f} QPS {qps}")
     progress.line(f"  {cell['library']}: " + "; ".join(parts))
+
+
+def _compile_part(build: dict) -> str:
+    compile_s = build.get("compile_s")
+    return "" if compile_s is None else f" (compile {compile_s:.1f} s)"
 
 
 # ------------------------------------------------------------------------ reports
@@ -345,10 +353,21 @@ def ratio_rows(results: dict) -> list[dict]:
                          "jann_qps": None, "peer_qps": None,
                          "ratio": jann["build"]["seconds"] / peer["build"]["seconds"],
                          "jann_build_s": jann["build"]["seconds"],
+                         "jann_compile_s": jann["build"].get("compile_s"),
+                         "ratio_without_compile": None if jann["build"].get(
+                             "compile_s") is None else (jann["build"]["seconds"]
+                             - jann["build"]["compile_s"]) / peer["build"]["seconds"],
                          "peer_build_s": peer["build"]["seconds"],
                          "jann_peak_rss": jann["build"]["peak_rss"],
                          "peer_peak_rss": peer["build"]["peak_rss"]})
     return rows
+
+
+def _build_ratio(build: dict | None) -> str:
+    if build is None:
+        return "-"
+    warm = build.get("ratio_without_compile")
+    return f"{build['ratio']:.2f}x" + ("" if warm is None else f" ({warm:.2f}x)")
 
 
 def markdown(results: dict) -> str:
@@ -357,7 +376,7 @@ def markdown(results: dict) -> str:
     lines = [f"# jann speed matrix ({results['threads']} threads, k={results['k']})", "",
              "QPS ratio jann / peer at the same recall@10 target, per query batch "
              "(batches below 256: a loop of calls). Build: jann's train + add time / "
-             "the peer's (jann's includes compiling).", ""]
+             "the peer's, with jann's compiling and (in brackets) without it.", ""]
     table = []
     for r in rows:
         if r["target"] == "build":
@@ -377,7 +396,7 @@ def markdown(results: dict) -> str:
         body.append([dataset, index, peer, target, *[
             (f"{cells[b]['ratio']:.2f}x" if cells.get(b) and cells[b]["ratio"] else "-")
             for b in batches],
-            f"{build['ratio']:.2f}x" if build else "-",
+            _build_ratio(build),
             any_cell["jann_params"] or "-", any_cell["peer_params"] or "-"])
     lines.append(_common.markdown_table(headers, body))
     lines += ["", "## Absolute figures", ""]
@@ -395,7 +414,8 @@ def markdown(results: dict) -> str:
             abs_rows.append([
                 c["dataset"], c["index"], c["library"], target,
                 f"{cell.get('recall', cell.get('best_recall', 0)):.3f}", qps,
-                f"{c['build']['seconds']:.1f}", f"{c['build']['peak_rss'] / 2**20:,.0f}",
+                f"{c['build']['seconds']:.1f}" + _compile_part(c["build"]),
+                f"{c['build']['peak_rss'] / 2**20:,.0f}",
                 first])
     lines.append(_common.markdown_table(
         ["dataset", "index", "library", "target", "recall@10",

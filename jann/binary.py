@@ -35,7 +35,7 @@ from jann.errors import InvalidInputError
 from jann.index import Index
 from jann.lsh import BinaryCodeStore
 from jann.ops import hamming
-from jann.ops.sorting import prefix_sum
+from jann.ops.sorting import list_offsets
 
 __all__ = ["BinaryFlat", "BinaryIVF"]
 
@@ -189,7 +189,7 @@ class BinaryIVF(_storage.ListedRows, Index):
         keys = jnp.concatenate([self.row_lists(), new_lists.astype(jnp.int32)])
         order = jnp.argsort(keys, stable=True)[: self.capacity]
         counts = jnp.bincount(keys, length=self.nlist + 1)[: self.nlist]
-        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(counts, dtype=jnp.int32)])
+        offsets = list_offsets(counts)
         return dataclasses.replace(
             self, payload=jnp.concatenate([self.payload, codes])[order],
             ids=jnp.concatenate([self.ids, ids.astype(self.ids.dtype)])[order],
@@ -203,8 +203,7 @@ class BinaryIVF(_storage.ListedRows, Index):
         lists = self.row_lists()
         (payload, ids), count = _storage.compact_rows((self.payload, self.ids), keep)
         counts = jnp.bincount(jnp.where(keep, lists, self.nlist), length=self.nlist + 1)
-        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                   prefix_sum(counts[: self.nlist], dtype=jnp.int32)])
+        offsets = list_offsets(counts[: self.nlist])
         return (dataclasses.replace(self, payload=payload, ids=ids, offsets=offsets,
                                     count=count), jnp.sum(removed, dtype=jnp.int32))
 

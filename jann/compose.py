@@ -81,6 +81,10 @@ class _Delegating(Index, abstract=True):
         parameters (`n_queries` among them) go through to it."""
         return self.inner.skips_padded_queries
 
+    @property
+    def skips_padded_adds(self):
+        return self.inner.skips_padded_adds
+
     def check_search_params(self, **params):
         return delegated_search_params(self.inner, self.describe(), params)
 

@@ -50,6 +50,8 @@ class FlatIndex(_storage.StatusWord, Index):
     metric_arg: float = static(2.0)
     id_mode: str = static("sequential")
 
+    skips_padded_adds = True  # padded rows are writes that are dropped
+
     # --- construction and shape -------------------------------------------------------
     @classmethod
     def create(cls, d: int, metric: str = "l2", *, metric_arg: float = 2.0,

@@ -63,11 +63,14 @@ class Index:
 
     skips_padded_queries: `search_core` takes `n_queries` (traced) and does no work for
         rows past it, so the API may pad a batch to one large bucket.
+    skips_padded_adds: `add_core` does next to no work for rows past `n_valid`, so the
+        API pads every chunk of a large add to one bucket (one compiled program).
     inverted_lists: the index stores rows in inverted lists and has the
         `INVERTED_LIST_MEMBERS`; `add_core` takes `lists=`.
     """
 
     skips_padded_queries: ClassVar[bool] = False
+    skips_padded_adds: ClassVar[bool] = False
     inverted_lists: ClassVar[bool] = False
 
     # Required members, as annotations (a dataclass field or a property may provide each).

@@ -79,8 +79,11 @@ def _split_empty_clusters(centroids, counts, key):
 
         def split(args):
             cents, cnt = args
-            weight = jnp.maximum(cnt - 1, 0).astype(jnp.float32)
-            donor = jax.random.choice(sub, k, p=weight / jnp.maximum(weight.sum(), 1.0))
+            # jax.random.choice's draw, written out: its searchsorted loop compiled in
+            # 0.15 s of the 0.43 s of this function
+            weight = jnp.cumsum(jnp.maximum(cnt - 1, 0).astype(jnp.float32))
+            r = weight[-1] * (1 - jax.random.uniform(sub, (), jnp.float32))
+            donor = jnp.minimum(jnp.sum(weight < r, dtype=jnp.int32), k - 1)
             base = cents[donor]
             cents = cents.at[ci].set(base * (1 + signs)).at[donor].set(base * (1 - signs))
             half = cnt[donor] // 2
@@ -137,6 +140,34 @@ def _kmeans_pp(x, key, k):
     return centroids
 
 
+# The steps before the iterations are jitted: run eagerly they were a dozen small
+# programs, each compiled in a fresh process (0.6-1 s of a first training).
+@functools.partial(jax.jit, static_argnames=("keep", "spherical"))
+def _training_sample(x, key, keep: int, spherical: bool):
+    """(the rows k-means trains on, the key left): `keep` of them drawn without
+    replacement (kept in their order) when x has more, L2-normalised when spherical."""
+    key_sample, key = jax.random.split(key)
+    x = jnp.asarray(x, jnp.float32)
+    if keep < x.shape[0]:
+        x = x[jnp.sort(distinct_positions(key_sample, x.shape[0], keep))]
+    return (normalize_L2(x) if spherical else x), key
+
+
+def distinct_positions(key, n: int, k: int):
+    """k distinct positions in [0, n), drawn uniformly: those of the k largest of n
+    uniform draws (a permutation's shuffle sorts several times: 1M -> 262,144 took
+    0.66 s and compiled in 0.29 s, this 0.17 s and 0.15 s)."""
+    return jax.lax.top_k(jax.random.uniform(key, (n,)), k)[1]
+
+
+_split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _random_rows(x, key, k: int):
+    return x[distinct_positions(key, x.shape[0], k)]
+
+
 def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool = False,
            init: str = "random", max_points_per_centroid: int = 256,
            min_points_per_centroid: int = 39, verbose: bool = False) -> KMeansResult:
@@ -158,20 +189,14 @@ def kmeans(x, k: int, *, key, niter: int = 25, nredo: int = 1, spherical: bool =
     check_finite(x, "training vectors")
     n = x.shape[0]
     check_training_points(n, k, "k-means", min_points_per_centroid)
-    key_sample, key = jax.random.split(key)
-    x = jnp.asarray(x, jnp.float32)
-    if n > k * max_points_per_centroid:
-        keep = jax.random.permutation(key_sample, n)[: k * max_points_per_centroid]
-        x = x[jnp.sort(keep)]
-    if spherical:
-        x = normalize_L2(x)
+    x, key = _training_sample(x, key, min(n, k * max_points_per_centroid), spherical)
     best = None
     for redo in range(nredo):
-        key, key_init, key_iter = jax.random.split(key, 3)
+        key, key_init, key_iter = _split3(key)
         if init == "kmeans++":
             centroids = _kmeans_pp(x, key_init, k)
         else:
-            centroids = x[jax.random.permutation(key_init, x.shape[0])[:k]]
+            centroids = _random_rows(x, key_init, k)
         centroids, history = iterate(
             lambda c, sub: lloyd_step(x, c, sub, spherical), centroids, key_iter, niter,
             verbose and f"k-means redo {redo}")

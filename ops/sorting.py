@@ -1,5 +1,6 @@
 """`bucket_sort`: group the positions of small integer keys by key (FAISS `bucket_sort`);
-`prefix_sum`, the cumulative sum the list offsets and slot counters use.
+`prefix_sum`, the cumulative sum the slot counters use; `list_offsets`, the offsets of lists
+from their sizes.
 
 Used to turn (query, list) pairs into list-major order for IVF scans. A stable argsort is
 the whole algorithm; what this adds is FAISS's (lims, perm) layout, jit-compatible.
@@ -17,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bucket_sort", "prefix_sum", "stable_argsort"]
+__all__ = ["bucket_sort", "list_offsets", "prefix_sum", "stable_argsort"]
 
 
 def prefix_sum(x, axis: int = -1, dtype=None):
@@ -33,6 +34,16 @@ def prefix_sum(x, axis: int = -1, dtype=None):
     if x.shape[axis] <= 1:
         return x
     return jax.lax.associative_scan(jnp.add, x, axis=axis % x.ndim)
+
+
+def list_offsets(counts):
+    """(n + 1,) int32 offsets [0, c0, c0 + c1, ...] of lists of sizes counts (n,).
+
+    jnp.cumsum, not `prefix_sum`: these run once per add, removal or scan, where the
+    associative scan's faster run (18 against 57 us over 1024 lists) does not count, and
+    it compiles in a quarter of the time (0.1 s against 0.3-0.4 s, 1024-2048 lists; an
+    add program held two)."""
+    return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
 
 
 def stable_argsort(keys, key_bound: int):
@@ -57,5 +68,5 @@ def bucket_sort(values, nbucket: int):
     keyed = jnp.where((values >= 0) & (values < nbucket), values, nbucket)
     perm = stable_argsort(keyed, nbucket + 1)
     counts = jnp.bincount(keyed, length=nbucket + 1)[:nbucket]
-    lims = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(counts, dtype=jnp.int32)])
+    lims = list_offsets(counts)
     return lims, perm

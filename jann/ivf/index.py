@@ -44,13 +44,14 @@ from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops.ivf_scan import ivf_search
 from jann.ops.knn import map_query_blocks
-from jann.ops.sorting import prefix_sum, stable_argsort
+from jann.ops.sorting import list_offsets, stable_argsort
 from jann.quantizers.layout import encoded_row
 
 __all__ = ["IVFIndex", "nprobe_values"]
 
-# Queries of a padded batch are assigned to lists in blocks of this many rows, so that
-# the blocks past the real rows are skipped (10000 queries padded to 16384).
+# Queries of a padded batch, and the rows of a padded add, are assigned to lists (and
+# encoded) in blocks of this many rows, so that the blocks past the real rows are skipped
+# (10000 queries padded to 16384).
 PROBE_QUERY_BLOCK = 2048
 
 
@@ -87,6 +88,8 @@ class IVFIndex(_storage.ListedRows, Index):
     # jann.search may pad a query batch to a bucket and pass the real row count
     # (`n_queries`): padded rows probe no list, so they cost no scan work.
     skips_padded_queries = True
+    # rows past n_valid are neither assigned nor encoded (blocks of PROBE_QUERY_BLOCK)
+    skips_padded_adds = True
     inverted_lists = True
 
     quantizer: FlatIndex | GraphIndex
@@ -221,7 +224,7 @@ class IVFIndex(_storage.ListedRows, Index):
             return jnp.concatenate([old, new.astype(old.dtype)])[order]
 
         counts = jnp.bincount(keys, length=self.nlist + 1)[: self.nlist]
-        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(counts, dtype=jnp.int32)])
+        offsets = list_offsets(counts)
         return dataclasses.replace(
             self, payload=merged(self.payload, codes), norms=merged(self.norms, norms),
             ids=merged(self.ids, ids), offsets=offsets, count=offsets[-1])
@@ -230,11 +233,13 @@ class IVFIndex(_storage.ListedRows, Index):
         x = self.prepare(x)
         n = x.shape[0]
         if lists is None:
-            lists = self.assign(x)
+            lists = map_query_blocks(self.assign, x, PROBE_QUERY_BLOCK, n_valid)
         if ids is None:
             ids = self.n_added + jnp.arange(n, dtype=self.ids.dtype)
         status = _storage.append_status(self, n_valid, ids, valid_rows)
-        codes, norms = self._encode(jnp.where(valid_rows[:, None], x, 0.0), lists)
+        codes, norms = map_query_blocks(
+            lambda rows: self._encode(*rows),
+            (jnp.where(valid_rows[:, None], x, 0.0), lists), PROBE_QUERY_BLOCK, n_valid)
         new = self.insert_rows(lists, codes, norms, ids, n_valid, status == 0)
         return dataclasses.replace(new, status=self.status | status,
                                    n_added=_storage.advanced(self.n_added, n_valid, status))
@@ -247,8 +252,7 @@ class IVFIndex(_storage.ListedRows, Index):
         (payload, norms, ids), count = _storage.compact_rows(
             (self.payload, self.norms, self.ids), keep)
         counts = jnp.bincount(jnp.where(keep, lists, self.nlist), length=self.nlist + 1)
-        offsets = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                   prefix_sum(counts[: self.nlist], dtype=jnp.int32)])
+        offsets = list_offsets(counts[: self.nlist])
         return dataclasses.replace(self, payload=payload, norms=norms, ids=ids,
                                    offsets=offsets, count=count), jnp.sum(removed, dtype=jnp.int32)
 

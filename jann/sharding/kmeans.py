@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jann._inputs import as_vectors, check_finite
 from jann.errors import InvalidInputError
 from jann.kmeans import KMeansResult, assign as kmeans_assign, check_training_points
-from jann.kmeans import iterate, update_centroids
+from jann.kmeans import distinct_positions, iterate, update_centroids
 from jann.ops import distances as dist_ops
 from jann.ops.sorting import prefix_sum
 from jann.sharding.mesh import all_local, check_mesh, smap
@@ -89,7 +89,7 @@ def kmeans_sharded(x, k: int, mesh: Mesh, *, axis: str | None = None, key, niter
     subsample = n > k * max_points_per_centroid
     points = int(np.minimum(valid_per_shard, keep).sum()) if subsample else n
     key, key_init, key_iter = jax.random.split(key, 3)
-    wanted = jax.random.permutation(key_init, points)[:k]
+    wanted = distinct_positions(key_init, points, k)  # as jann.kmeans draws them
     row_spec = P(axis)
 
     def prepare(x_local, wanted):

@@ -16,7 +16,7 @@ from jann import graph as graph_lib
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex
-from jann.ops.sorting import prefix_sum
+from jann.ops.sorting import list_offsets, prefix_sum
 from jann.sharding.mesh import local_shard, restack
 
 
@@ -61,7 +61,7 @@ def _with_rows(template, rows, lists, count, capacity, n_added):
         return index.grown(capacity)  # recomputes the direct map for these rows
     payload, norms, ids = rows
     sizes = jnp.bincount(lists, length=template.nlist + 1)[: template.nlist]
-    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), prefix_sum(sizes, dtype=jnp.int32)])
+    offsets = list_offsets(sizes)
     return dataclasses.replace(template, payload=payload, norms=norms, ids=ids,
                                offsets=offsets, count=count, n_added=n_added,
                                status=jnp.zeros((), jnp.int32))
