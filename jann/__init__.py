@@ -47,6 +47,7 @@ from jann.facade import IndexHandle, read_index, write_index
 from jann.api import (
     add, add_preassigned, check, clear_status, ntotal, reconstruct, reconstruct_n,
     remove_ids, reserve, search, shrink_to_fit, stack, train)
+from jann.emptying import reset
 from jann.ranges import RangeResult, range_search, range_search_padded
 from jann.inverted import merge_from, search_preassigned
 from jann.compose import PreTransformIndex, RefineIndex
@@ -60,6 +61,7 @@ from jann.quantizers import (
     IdentityCodec, OPQMatrix, ProductQuantizer, ProductResidualQuantizer, ResidualQuantizer,
     ScalarQuantizer)
 from jann.transforms import Chain, ITQMatrix, ITQTransform, PCAMatrix, RandomRotationMatrix
+from jann.linear import LinearTransform
 from jann.kmeans import Kmeans, kmeans
 from jann.autotune import AutotuneResult, OperatingPoint, autotune, search_parameter_space
 from jann.checkpoint import deserialize, load, save, serialize
@@ -89,13 +91,13 @@ __all__ = [
     "UnknownMetricError", "add", "bucket_sort", "check", "clear_status", "deserialize",
     "index_factory", "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
     "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
-    "reconstruct_n", "remove_ids", "reserve", "save", "search", "serialize", "stack",
+    "reconstruct_n", "remove_ids", "reserve", "reset", "save", "search", "serialize", "stack",
     "train", "add_preassigned", "search_preassigned", "merge_from", "shrink_to_fit",
     "IVFIndex", "PreTransformIndex", "RefineIndex", "Kmeans", "kmeans", "quantizers",
     "transforms", "BinaryCodeStore", "LSHTransform", "hamming_distances", "knn_hamming",
     "pack_bits", "unpack_bits", "IdentityCodec", "OPQMatrix", "ProductQuantizer",
     "ProductResidualQuantizer", "ResidualQuantizer", "ScalarQuantizer", "Chain", "ITQMatrix",
-    "ITQTransform", "PCAMatrix", "RandomRotationMatrix",
+    "ITQTransform", "LinearTransform", "PCAMatrix", "RandomRotationMatrix",
     "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
     "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
     "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",

@@ -429,7 +429,10 @@ def reconstruct_n(index, i0: int, n: int):
 def shrink_to_fit(index):
     """The index with its capacity cut to its size (rounded up to 256 rows): use after
     building, before saving or measuring memory."""
-    return index.grown(_storage.fitted_capacity(ntotal(index)))
+    used = ntotal(index)
+    if np.ndim(index.count) == 0:  # a graph's tombstoned rows hold storage until compact
+        used = max(used, _storage.host_int(index.count))
+    return index.grown(_storage.fitted_capacity(used))
 
 
 # ---------------------------------------------------------------------------- stack

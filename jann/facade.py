@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from jann import api, checkpoint, ranges
+from jann import api, checkpoint, emptying, ranges
 from jann._inputs import search_param_names
 from jann.errors import InvalidInputError, JannError
 from jann.factory import index_factory
@@ -136,6 +136,10 @@ class IndexHandle:
             if intact is not None:
                 self.state = intact
             raise
+
+    def reset(self):
+        """Remove every vector, keep the training; new rows are numbered from 0 again."""
+        self.state = emptying.reset(self.state)
 
     def remove_ids(self, selector) -> int:
         """Remove the vectors `selector` (an IDSelector or ids) accepts; the number removed."""

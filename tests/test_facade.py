@@ -47,6 +47,37 @@ def test_the_faiss_script_runs_and_answers_as_the_functional_api(data, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("description", ["Flat", "IVF16,Flat", "PCA32,IVF16,SQ8", "HNSW8",
+                                         "IDMap,Flat"])
+def test_reset_empties_keeps_training_and_numbers_from_zero(description, data):
+    xb, xq = data
+    xb = xb[:1000]
+    ix = jann.Index(xb.shape[1], description)
+    ix.train(xb)
+    ids = np.arange(len(xb)) + 500 if description.startswith("IDMap") else None
+    ix.add(xb) if ids is None else ix.add_with_ids(xb, ids)
+    trained = ix.state
+    ix.reset()
+    assert ix.ntotal == 0 and ix.is_trained and ix.state.capacity <= 256
+    if description.startswith("IVF"):  # the coarse quantizer is the trained one
+        np.testing.assert_array_equal(np.asarray(ix.state.centroids),
+                                      np.asarray(trained.centroids))
+    ix.add(xb[:40]) if ids is None else ix.add_with_ids(xb[:40], ids[:40])
+    assert ix.ntotal == 40
+    _, found = ix.search(xb[:5], 1, **({"nprobe": 16} if "IVF" in description else {}))
+    # new rows are numbered 0, 1, ... as after FAISS's reset (ids given are kept)
+    np.testing.assert_array_equal(found[:, 0], np.arange(5) if ids is None else ids[:5])
+    if description == "IVF16,Flat":
+        ref = faiss.index_factory(xb.shape[1], description)
+        ref.train(xb)
+        ref.add(xb)
+        ref.reset()
+        ref.add(xb[:40])
+        faiss.extract_index_ivf(ref).nprobe = 16
+        np.testing.assert_array_equal(ref.search(xb[:5], 1)[1][:, 0], found[:, 0])
+
+
+@pytest.mark.filterwarnings("ignore")
 def test_ids_reconstruct_and_graph_parameters(data):
     xb, xq = data
     ix = jann.Index(xb.shape[1], "IDMap2,Flat", "ip")

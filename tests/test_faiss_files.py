@@ -5,6 +5,7 @@ tampered file is a FileFormatError, with no allocation sized by a corrupt field.
 bytes are what faiss itself writes for the index it read."""
 
 import faiss
+import jax
 import numpy as np
 import pytest
 
@@ -46,7 +47,13 @@ CASES = [("Flat", faiss.METRIC_L2), ("Flat", faiss.METRIC_INNER_PRODUCT),
          ("IVF32,SQ6", faiss.METRIC_INNER_PRODUCT), ("IVF32,SQfp16", faiss.METRIC_L2),
          ("SQ8", faiss.METRIC_L2), ("SQ4", faiss.METRIC_INNER_PRODUCT),
          ("SQbf16", faiss.METRIC_L2), ("PQ14", faiss.METRIC_L2), ("IDMap,SQ8", faiss.METRIC_L2),
-         ("IVF32,PQ7x4", faiss.METRIC_L2), ("PQ14x4", faiss.METRIC_L2)]
+         ("IVF32,PQ7x4", faiss.METRIC_L2), ("PQ14x4", faiss.METRIC_L2),
+         ("PCA32,Flat", faiss.METRIC_L2), ("PCAW32,IVF32,Flat", faiss.METRIC_L2),
+         ("PCAR32,IVF32,SQ8", faiss.METRIC_INNER_PRODUCT), ("IDMap,PCA32,Flat", faiss.METRIC_L2),
+         ("RR196,IVF32,Flat", faiss.METRIC_L2), ("PCA64,RR64,Flat", faiss.METRIC_L2),
+         ("OPQ8_32,IVF32,PQ8", faiss.METRIC_L2)]
+# FAISS stores an OPQ rotation as a plain LinearTransform (so does its file): jann names it so.
+DESCRIBED_AS = {"OPQ8_32,IVF32,PQ8": "LinearTransform32,IVF32,PQ8"}
 # Look-up-table sums in another order round differently: on inner products of this data
 # (values ~1e5) that reorders near ties, 0.4% of ids measured; L2 ids are identical.
 ID_AGREEMENT = {("IVF32,PQ14", faiss.METRIC_INNER_PRODUCT): 0.99}
@@ -63,7 +70,8 @@ def test_faiss_files_search_as_faiss(spec, metric, data, tmp_path):
     path = tmp_path / "index.faiss"
     faiss.write_index(ref, str(path))
     index = jann.read_faiss(path)
-    assert jann.ntotal(index) == ref.ntotal and index.describe() == spec
+    assert jann.ntotal(index) == ref.ntotal
+    assert index.describe() == DESCRIBED_AS.get(spec, spec)
     want_d, want_i = ref.search(xq, K)
     got_d, got_i = jann.search(index, xq, K, **params)
     agreement = ID_AGREEMENT.get((spec, metric))
@@ -72,6 +80,32 @@ def test_faiss_files_search_as_faiss(spec, metric, data, tmp_path):
     else:
         assert (np.asarray(got_i) == want_i).mean() >= agreement
     np.testing.assert_allclose(np.asarray(got_d), want_d, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_read_pre_transform_reconstructs_saves_and_runs_in_jit(data, tmp_path):
+    xb, xq = data
+    ref = _faiss_index("PCA32,IVF8,Flat", faiss.METRIC_L2, xb[:1000])
+    faiss.extract_index_ivf(ref).nprobe = 3
+    index = jann.read_faiss(faiss.serialize_index(ref))
+    # FAISS's reverse transform (the transpose of PCA's orthonormal rows)
+    np.testing.assert_allclose(np.asarray(jann.reconstruct(index, np.arange(5))),
+                               ref.reconstruct_n(0, 5), rtol=1e-4, atol=1e-3)
+    jann.save(index, tmp_path / "ckpt")
+    search = jax.jit(lambda ix, q: jann.search(ix, q, K, nprobe=3))
+    np.testing.assert_array_equal(np.asarray(search(jann.load(tmp_path / "ckpt"), xq)[1]),
+                                  ref.search(xq, K)[1])
+    # a truncated transform, or one whose sizes do not chain, is refused by name
+    blob = faiss.serialize_index(ref).tobytes()
+    for cut in (45, 60, 300, 8000):
+        with pytest.raises(jann.FileFormatError):
+            jann.read_faiss(blob[:cut])
+    d_out_at = blob.index(b"IwFl") - 9  # the transform's d_out, before is_trained
+    with pytest.raises(jann.FileFormatError, match="chain|disagree"):
+        jann.read_faiss(blob[:d_out_at] + (31).to_bytes(4, "little") + blob[d_out_at + 4:])
+    normalized = faiss.serialize_index(_faiss_index("L2norm,Flat", faiss.METRIC_L2, xb[:50]))
+    with pytest.raises(jann.FileFormatError, match="VNrm"):
+        jann.read_faiss(normalized)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -115,7 +149,9 @@ WRITTEN = [("Flat", "l2"), ("Flat", "ip"), ("IDMap,Flat", "l2"), ("IDMap2,Flat",
            ("IVF32,PQ14", "l2"), ("IVF32,PQ14", "ip"), ("IVF32,PQ7", "l2"),
            ("IVF32,SQ8", "l2"), ("IVF32,SQ6", "ip"), ("IVF32,SQbf16", "l2"), ("SQ8", "l2"),
            ("SQ4", "ip"), ("SQfp16", "l2"), ("PQ14", "l2"), ("IDMap2,PQ7", "ip"),
-           ("IVF32,PQ7x4", "l2"), ("PQ14x4", "l2")]
+           ("IVF32,PQ7x4", "l2"), ("PQ14x4", "l2"), ("PCA32,Flat", "l2"),
+           ("PCAR32,IVF32,SQ8", "ip"), ("OPQ8_32,IVF32,PQ8", "l2"), ("RR64,IVF32,Flat", "l2"),
+           ("IDMap,PCAW32,Flat", "l2")]
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -160,7 +196,7 @@ def test_indexes_faiss_has_no_class_for_are_refused(data):
     for spec, metric, why in (("Flat", "cosine", "cosine"), ("IVF8,RQ2x4", "l2", "Residual"),
                               ("IVF8,PQ14x6", "l2", "4-bit"),
                               ("Residual8,PQ14", "l2", "Index2Layer"),
-                              ("HNSW8", "l2", "writes Flat"), ("PCA32,Flat", "l2", "writes Flat")):
+                              ("HNSW8", "l2", "writes Flat"), ("ITQ64,Flat", "l2", "linear")):
         index = jann.train(jann.index_factory(d, spec, metric), xb[:1000], key=0)
         with pytest.raises(jann.InvalidInputError, match=why):
             jann.write_faiss(index)

@@ -111,6 +111,9 @@ def test_updates_keep_graph_connected_and_hide_removed(fmnist):
     _, ids = jann.search(index, xq, K, ef=64)
     ids = np.asarray(ids)
     assert not np.isin(ids, removed).any()
+    shrunk = jann.shrink_to_fit(index)  # tombstoned rows keep their storage until compact
+    assert shrunk.capacity >= int(index.count)
+    np.testing.assert_array_equal(np.asarray(jann.search(shrunk, xq, K, ef=64)[1]), ids)
     keep = np.setdiff1d(np.arange(3000), removed)
     _, gt = exact_knn(xq, xb[keep], K)
     assert recall(ids, keep[gt]) >= 0.9

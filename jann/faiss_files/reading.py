@@ -12,10 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jann.api import add, add_preassigned, reserve
+from jann.compose import PreTransformIndex
 from jann.errors import FileFormatError
 from jann.factory import index_factory
 from jann.faiss_files.format import FLAT_CLASSES, METRICS, QTYPE_CODES
+from jann.linear import LinearTransform
 from jann.ops.distances import squared_norms
+from jann.transforms import Chain
 
 __all__ = ["read_faiss"]
 
@@ -203,6 +206,67 @@ def _flat_coded(r: _Reader, head: dict, codec: dict) -> dict:
             "vectors": codes.reshape(head["ntotal"], codec["code_size"])}
 
 
+_PCA_CODES = (b"PCAm", b"PcAm", b"Pcam")  # FAISS's PCAMatrix, oldest to newest fields
+
+
+def _vector_transform(r: _Reader) -> dict:
+    """A FAISS linear VectorTransform: its A, b and the factory name it came from."""
+    code = r.fourcc()
+    name = None
+    if code in _PCA_CODES:
+        eigen_power = r.scalar("f")
+        if code == b"Pcam":
+            r.scalar("f")  # epsilon: already in A
+        random_rotation = r.scalar("B")
+        if code != b"PCAm":
+            r.scalar("i")  # balanced bins
+        for _ in range(3):  # mean, eigenvalues, the full PCA matrix: all already in A, b
+            r.array(np.float32)
+        name = "PCA" + ("W" if eigen_power == -0.5 else "") + ("R" if random_rotation else "")
+    elif code == b"Viqm":
+        r.scalar("i"), r.scalar("i")  # ITQ iterations, seed
+    elif code == b"VCnt":
+        mean = r.array(np.float32)
+        d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
+        if not d_in == d_out == mean.size > 0:
+            raise FileFormatError("FAISS CenteringTransform corrupt: its mean and sizes")
+        return {"matrix": np.eye(d_in, dtype=np.float32), "bias": -mean, "name": None}
+    elif code == b"rrot":
+        name = "RR"
+    elif code != b"LTra":
+        raise FileFormatError(f"FAISS vector transform {code!r} is not read by jann (it "
+                              "reads PCAMatrix, OPQ and other LinearTransforms, "
+                              "RandomRotationMatrix, ITQMatrix and CenteringTransform)")
+    have_bias = r.scalar("B")
+    matrix, bias = r.array(np.float32), r.array(np.float32)
+    d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
+    if not (0 < d_in and 0 < d_out and matrix.size == d_in * d_out
+            and bias.size == (d_out if have_bias else bias.size) and bias.size in (0, d_out)):
+        raise FileFormatError("FAISS linear transform corrupt: its matrix, bias and sizes "
+                              "disagree")
+    return {"matrix": matrix.reshape(d_out, d_in),
+            "bias": bias if have_bias and bias.size else np.zeros(d_out, np.float32),
+            "name": None if name is None else f"{name}{d_out}"}
+
+
+def _pre_transform(r: _Reader, head: dict) -> dict:
+    """IndexPreTransform: its chain of transforms, then the index they feed."""
+    count = r.scalar("i")
+    if not 0 < count <= 64:
+        raise FileFormatError(f"FAISS IndexPreTransform corrupt: {count} transforms")
+    chain = [_vector_transform(r) for _ in range(count)]
+    inner = _read(r)
+    dims = [head["d"]] + [t["matrix"].shape[0] for t in chain]
+    if [t["matrix"].shape[1] for t in chain] != dims[:-1] or inner["d"] != dims[-1]:
+        raise FileFormatError("FAISS IndexPreTransform corrupt: its transforms' sizes do "
+                              "not chain from its d to its index's")
+    if inner["kind"] == "refine":
+        raise FileFormatError("FAISS IndexPreTransform around an IndexRefine is not read "
+                              "by jann")
+    return {"kind": "pretransform", "d": head["d"], "metric": inner["metric"],
+            "chain": chain, "inner": inner, "ids": inner["ids"], "vectors": inner["vectors"]}
+
+
 def _read(r: _Reader) -> dict:
     """The parts of the next index in the file (vectors, ids, centroids, ...)."""
     code = r.fourcc()
@@ -234,6 +298,8 @@ def _read(r: _Reader) -> dict:
         return {"kind": "refine", "d": head["d"], "metric": head["metric"], "base": base,
                 "refine": refine["vectors"], "k_factor": float(k_factor), "ids": None,
                 "vectors": refine["vectors"]}
+    if code == b"IxPT":
+        return _pre_transform(r, _header(r))
     if code in (b"IxMp", b"IxM2"):
         head = _header(r)
         inner = _read(r)
@@ -250,8 +316,8 @@ def _read(r: _Reader) -> dict:
                 else "idmap"}
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
                           "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
-                          "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ and "
-                          "IndexRefineFlat)")
+                          "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ, "
+                          "IndexPreTransform and IndexRefineFlat)")
 
 
 def _codes_description(parts: dict) -> str:
@@ -269,13 +335,21 @@ def _build(parts: dict):
         refine = add(template.refine, parts["refine"], np.arange(len(parts["refine"])))
         return dataclasses.replace(template, base=base, refine=refine,
                                    k_factor=parts["k_factor"])
+    if parts["kind"] == "pretransform":  # an IDMap around it numbers its index's rows
+        inner = _build({**parts["inner"], "ids": parts["ids"],
+                        "id_mode": parts.get("id_mode", parts["inner"].get("id_mode"))})
+        transforms = [LinearTransform.create(t["matrix"], t["bias"], t["name"])
+                      for t in parts["chain"]]
+        transform = transforms[0] if len(transforms) == 1 else Chain.create(*transforms)
+        return PreTransformIndex(transform=transform, index=inner,
+                                 transform_description=transform.describe())
     ids, vectors = parts["ids"], parts["vectors"]
     lists = parts.get("lists")
     if ids is not None:
         order = np.argsort(ids, kind="stable")
         ids, vectors = ids[order], vectors[order]
         lists = None if lists is None else lists[order]
-    mode = parts.get("id_mode", "sequential")
+    mode = parts.get("id_mode") or "sequential"
     if mode == "sequential" and ids is not None and not np.array_equal(
             ids, np.arange(ids.size)):
         mode = "idmap"  # FAISS IVF keeps ids after removals: gaps need an id map

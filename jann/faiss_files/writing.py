@@ -196,14 +196,54 @@ def _write_refine(w: _Writer, index):
     w.scalar("f", index.k_factor)
 
 
+def _write_pre_transform(w: _Writer, index):
+    """IndexPreTransform: its linear transforms as FAISS `LinearTransform`s (A and b; a
+    PCA as a `PCAMatrix` holding jann's mean, eigenvalues and components, a random
+    rotation as a `RandomRotationMatrix`), then its index."""
+    from jann.linear import LinearTransform
+    from jann.transforms import Chain, PCAMatrix, RandomRotationMatrix
+
+    transform = index.transform
+    chain = transform.transforms if isinstance(transform, Chain) else (transform,)
+    try:
+        maps = [LinearTransform.of(t) for t in chain]
+    except InvalidInputError as e:
+        _refuse(index, f"FAISS files hold linear transforms; {e}")
+    w.fourcc(b"IxPT")
+    _write_header(w, index.d, int(index.count), index.metric)
+    w.scalar("i", len(maps))
+    for t, m in zip(chain, maps):
+        if isinstance(t, PCAMatrix):
+            w.fourcc(b"Pcam")
+            w.scalar("f", t.eigen_power)
+            w.scalar("f", t.epsilon)
+            w.scalar("B", int(t.random_rotation))
+            w.scalar("i", 0)  # balanced bins
+            for values in (t.mean, t.eigenvalues, t.components):
+                w.array(np.asarray(values).reshape(-1), np.float32)
+        else:
+            w.fourcc(b"rrot" if isinstance(t, RandomRotationMatrix) else b"LTra")
+        bias = np.asarray(m.bias)
+        w.scalar("B", int(bool(bias.any())))
+        w.array(np.asarray(m.matrix).reshape(-1), np.float32)
+        w.array(bias if bias.any() else bias[:0], np.float32)
+        w.scalar("i", m.d_in)
+        w.scalar("i", m.d_out)
+        w.scalar("B", 1)
+    _write_index(w, index.index)
+
+
 def _write_index(w: _Writer, index):
-    from jann.compose import RefineIndex
+    from jann.compose import PreTransformIndex, RefineIndex
     from jann.flat import FlatIndex
     from jann.ivf.index import IVFIndex
 
+    if isinstance(index, PreTransformIndex):
+        return _write_pre_transform(w, index)
     if not isinstance(index, (FlatIndex, IVFIndex, RefineIndex)):
         _refuse(index, "jann writes Flat, IVF (Flat, SQ, 4- / 8-bit PQ codes), one-list "
-                       "SQ / PQ, their IDMap / IDMap2 forms and RFlat refinement")
+                       "SQ / PQ, their IDMap / IDMap2 forms, RFlat refinement and linear "
+                       "pre-transforms")
     if index.metric not in METRIC_CODES:
         _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
                        "product; for cosine, normalise the rows and use 'ip')")
