@@ -200,9 +200,9 @@ def test_indexes_faiss_has_no_class_for_are_refused(data):
         index = jann.train(jann.index_factory(d, spec, metric), xb[:1000], key=0)
         with pytest.raises(jann.InvalidInputError, match=why):
             jann.write_faiss(index)
-    binary = jann.index_factory(64, "BFlat")
-    with pytest.raises(jann.InvalidInputError, match="hamming"):
-        jann.write_faiss(binary)
+    hashed = jann.add(jann.index_factory(64, "BHash8"), np.zeros((3, 8), np.uint8))
+    with pytest.raises(jann.InvalidInputError, match="IndexBinaryHash"):
+        jann.write_faiss(hashed)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -239,3 +239,73 @@ def test_refine_flat_both_ways(spec, data):
     removed, _ = jann.remove_ids(index, [5])  # FAISS's refine numbers rows 0..n-1
     with pytest.raises(jann.InvalidInputError, match="0..n-1"):
         jann.write_faiss(removed)
+
+
+@pytest.fixture(scope="module")
+def binary_data(data):
+    """Sign bits of the embedded data's first 192 centred features (real codes)."""
+    xb, xq = (x[:, :192] for x in data)
+    mean = xb.mean(0)
+    return (np.asarray(jann.transforms.binary_codes(xb - mean)),
+            np.asarray(jann.transforms.binary_codes(xq - mean)))
+
+
+BINARY = ["BFlat", "BIVF16", "IDMap,BFlat", "IDMap2,BIVF16"]
+
+
+def _assert_same_hamming_results(got_d, got_i, want_d, want_i, xq, codes_of):
+    """Equal distances; the same ids below each row's k-th distance; at it, ties cut by
+    k may differ (FAISS's IVF keeps the first met), so those ids' true distances are
+    checked instead."""
+    got_d, got_i = np.asarray(got_d), np.asarray(got_i)
+    np.testing.assert_array_equal(got_d, want_d)
+    for q, (d, i, wi) in enumerate(zip(got_d, got_i, want_i)):
+        below = d < d[-1]
+        assert set(i[below]) == set(wi[below]), q
+        true = np.unpackbits(codes_of(i) ^ xq[q], axis=1).sum(1)
+        np.testing.assert_array_equal(true, d)
+
+
+@pytest.mark.parametrize("spec", BINARY)
+def test_binary_indexes_both_ways(spec, binary_data):
+    """IndexBinaryFlat / IVF (and their IDMaps): faiss-cpu's file searched by jann as by
+    faiss, jann's read by faiss-cpu (written back to the same bytes) and by jann."""
+    xb, xq = binary_data
+    d = 8 * xb.shape[1]
+    ref = faiss.index_binary_factory(d, spec)
+    ref.train(xb)
+    ids = np.arange(len(xb)) * 3 + 1 if spec.startswith("IDMap") else None
+    ref.add(xb) if ids is None else ref.add_with_ids(xb, ids)
+    ivf = faiss.downcast_IndexBinary(ref.index) if hasattr(ref, "index") else ref
+    params = {"nprobe": 4} if "IVF" in spec else {}
+    if params:
+        ivf.nprobe = 4
+    index = jann.read_faiss(faiss.serialize_index_binary(ref))
+    assert index.describe() == spec and jann.ntotal(index) == len(xb)
+    want_d, want_i = ref.search(xq, K)
+    got_d, got_i = jann.search(index, xq, K, **params)
+
+    def codes_of(i):
+        return xb[(i - 1) // 3 if ids is not None else i]
+
+    _assert_same_hamming_results(got_d, got_i, want_d, want_i, xq, codes_of)
+
+    built = jann.train(jann.index_factory(d, spec), xb, key=0)
+    built, _ = jann.remove_ids(jann.add(built, xb, ids), np.arange(0, 3 * len(xb), 35))
+    want_d, want_i = (np.asarray(a) for a in jann.search(built, xq, K, **params))
+    blob = jann.write_faiss(built)
+    back = faiss.deserialize_index_binary(np.frombuffer(blob, np.uint8))
+    ivf = faiss.downcast_IndexBinary(back.index) if hasattr(back, "index") else back
+    if params:
+        ivf.nprobe = 4
+    got_d, got_i = back.search(xq, K)
+    _assert_same_hamming_results(got_d, got_i, want_d, want_i, xq,
+                                 lambda i: np.asarray(jann.reconstruct(built, i)))
+    if params:
+        ivf.nprobe = 1
+    assert faiss.serialize_index_binary(back).tobytes() == blob
+    again = jann.read_faiss(blob)
+    np.testing.assert_array_equal(np.asarray(jann.search(again, xq, K, **params)[1]), want_i)
+    for cut in (0, 10, 40, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(jann.FileFormatError):
+            jann.read_faiss(blob[:cut])

@@ -10,8 +10,9 @@ codes ("IwPQ"), IndexIVFScalarQuantizer ("IwSq", every jann SQ type), IndexScala
 ("IxSQ"), IndexPQ ("IxPq", 8- or 4-bit), IndexRefineFlat ("IxRF") over any of them
 and IndexPreTransform ("IxPT") around them, its linear transforms (PCAMatrix "Pcam" /
 "PcAm" / "PCAm", RandomRotationMatrix "rrot", LinearTransform "LTra" as OPQ is stored,
-ITQMatrix "Viqm", CenteringTransform "VCnt") read as `jann.LinearTransform`s, with array
-inverted lists ("ilar"). Codes
+ITQMatrix "Viqm", CenteringTransform "VCnt") read as `jann.LinearTransform`s, and
+IndexBinaryFlat / IndexBinaryIVF ("IBxF" / "IBwF", with IndexBinaryIDMap / IDMap2 "IBMp"
+/ "IBM2"), with array inverted lists ("ilar"). Codes
 are kept as they are (jann's SQ and PQ code as FAISS does), so search results match.
 Reading: any other class raises `FileFormatError` naming it, and every size field is
 checked against the bytes left before anything is allocated, so a truncated or tampered
@@ -19,7 +20,7 @@ file fails cleanly. Writing: jann's indexes of those kinds (a one-list coded ind
 IndexPQ / IndexScalarQuantizer, in an IDMap when its ids are not 0..n-1; an IDMap IVF is
 a plain one, FAISS IVF storing any ids); anything else (cosine, which FAISS has no metric
 for; RQ codes, PQ codes of other widths; ITQ transforms, a refine index other than Flat or
-over ids other than 0..n-1, graphs, binary indexes) raises
+over ids other than 0..n-1, graphs, BHash) raises
 `InvalidInputError` naming what FAISS would not get.
 """
 

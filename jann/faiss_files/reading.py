@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jann._storage import fitted_capacity, pad_rows
 from jann.api import add, add_preassigned, reserve
 from jann.compose import PreTransformIndex
 from jann.errors import FileFormatError
@@ -119,11 +120,50 @@ def _ivf_common(r: _Reader, head: dict) -> dict:
     if quantizer["kind"] != "flat" or quantizer["vectors"].shape != (nlist, head["d"]):
         raise FileFormatError("FAISS IVF index corrupt: its quantizer does not hold "
                               f"{nlist} flat centroids of dimension {head['d']}")
+    _no_direct_map(r)
+    return {"d": head["d"], "metric": head["metric"], "nlist": nlist,
+            "centroids": quantizer["vectors"]}
+
+
+def _no_direct_map(r: _Reader):
     if r.scalar("B") != 0:  # direct map type: none, array or hash
         raise FileFormatError("FAISS IVF index with a direct map is not read by jann yet")
     r.array(np.int64)  # the (empty) direct map array
-    return {"d": head["d"], "metric": head["metric"], "nlist": nlist,
-            "centroids": quantizer["vectors"]}
+
+
+def _binary_header(r: _Reader) -> dict:
+    """FAISS's IndexBinary fields: d (bits), code size, ntotal, is_trained, metric."""
+    d, code_size, ntotal = r.scalar("i"), r.scalar("i"), r.scalar("q")
+    r.scalar("B"), r.scalar("i")  # is_trained; metric (Hamming whatever it says)
+    if d <= 0 or d % 8 or code_size != d // 8 or ntotal < 0:
+        raise FileFormatError(f"FAISS binary index corrupt: d={d}, code size {code_size}, "
+                              f"ntotal={ntotal}")
+    return {"d": d, "ntotal": ntotal, "metric": "hamming"}
+
+
+def _binary(r: _Reader, code: bytes, head: dict) -> dict:
+    """IndexBinaryFlat (its codes) or IndexBinaryIVF (nlist, nprobe, its flat binary
+    quantizer, direct map, then array inverted lists of codes)."""
+    nbytes = head["d"] // 8
+    if code == b"IBxF":
+        codes = r.array(np.uint8)
+        if codes.size != head["ntotal"] * nbytes:
+            raise FileFormatError("FAISS IndexBinaryFlat corrupt: code bytes for ntotal rows")
+        return {"kind": "binary_flat", "d": head["d"], "metric": "hamming", "ids": None,
+                "vectors": codes.reshape(head["ntotal"], nbytes)}
+    nlist = r.scalar("Q")
+    r.scalar("Q")  # nprobe: a search parameter in jann
+    quantizer = _read(r)
+    if quantizer["kind"] != "binary_flat" or quantizer["vectors"].shape != (nlist, nbytes):
+        raise FileFormatError("FAISS IndexBinaryIVF corrupt: its quantizer does not hold "
+                              f"{nlist} binary centroids of {head['d']} bits")
+    _no_direct_map(r)
+    lists, codes, ids = _inverted_lists(r, nlist, nbytes)
+    if ids.size != head["ntotal"]:
+        raise FileFormatError("FAISS IndexBinaryIVF corrupt: its lists do not hold ntotal "
+                              "rows")
+    return {"kind": "binary_ivf", "d": head["d"], "metric": "hamming", "nlist": nlist,
+            "centroids": quantizer["vectors"], "lists": lists, "ids": ids, "vectors": codes}
 
 
 def _ivf_flat(r: _Reader, head: dict) -> dict:
@@ -300,8 +340,10 @@ def _read(r: _Reader) -> dict:
                 "vectors": refine["vectors"]}
     if code == b"IxPT":
         return _pre_transform(r, _header(r))
-    if code in (b"IxMp", b"IxM2"):
-        head = _header(r)
+    if code in (b"IBxF", b"IBwF"):
+        return _binary(r, code, _binary_header(r))
+    if code in (b"IxMp", b"IxM2", b"IBMp", b"IBM2"):
+        head = _binary_header(r) if code.startswith(b"IB") else _header(r)
         inner = _read(r)
         if inner["kind"] == "refine":
             raise FileFormatError("FAISS IndexIDMap around an IndexRefine is not read by jann")
@@ -312,12 +354,13 @@ def _read(r: _Reader) -> dict:
         internal = np.arange(n) if inner["ids"] is None else inner["ids"]
         if internal.size and (internal.min() < 0 or internal.max() >= n):
             raise FileFormatError("FAISS IDMap corrupt: an inner id past its id map")
-        return {**inner, "ids": id_map[internal], "id_mode": "idmap2" if code == b"IxM2"
-                else "idmap"}
+        return {**inner, "ids": id_map[internal], "id_mode": "idmap2"
+                if code in (b"IxM2", b"IBM2") else "idmap"}
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
                           "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
                           "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ, "
-                          "IndexPreTransform and IndexRefineFlat)")
+                          "IndexPreTransform, IndexRefineFlat, IndexBinaryFlat and "
+                          "IndexBinaryIVF)")
 
 
 def _codes_description(parts: dict) -> str:
@@ -343,6 +386,8 @@ def _build(parts: dict):
         transform = transforms[0] if len(transforms) == 1 else Chain.create(*transforms)
         return PreTransformIndex(transform=transform, index=inner,
                                  transform_description=transform.describe())
+    if parts["kind"] == "binary_ivf":
+        return _binary_ivf(parts)
     ids, vectors = parts["ids"], parts["vectors"]
     lists = parts.get("lists")
     if ids is not None:
@@ -355,9 +400,10 @@ def _build(parts: dict):
         mode = "idmap"  # FAISS IVF keeps ids after removals: gaps need an id map
     prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
     given = None if mode == "sequential" else ids
-    if parts["kind"] == "flat":
-        index = index_factory(parts["d"], prefix + "Flat", parts["metric"])
-        return add(index, vectors, given)
+    if parts["kind"] in ("flat", "binary_flat"):
+        if parts["kind"] == "binary_flat":  # Hamming, whatever the factory's metric
+            return add(index_factory(parts["d"], prefix + "BFlat"), vectors, given)
+        return add(index_factory(parts["d"], prefix + "Flat", parts["metric"]), vectors, given)
     codes = _codes_description(parts)
     if parts["kind"] == "coded":  # one list, no residual: FAISS's IndexPQ / IndexSQ
         index = index_factory(parts["d"], prefix + codes, parts["metric"])
@@ -380,6 +426,24 @@ def _build(parts: dict):
                                 by_residual=parts.get("by_residual", False))
     return _with_codes(index, lists, vectors, ids if ids is not None else
                        np.arange(len(vectors)))
+
+
+def _binary_ivf(parts: dict):
+    """BinaryIVF holding FAISS's lists as they are (rows in list order, its ids)."""
+    ids, lists, codes = parts["ids"], parts["lists"], parts["vectors"]
+    mode = parts.get("id_mode") or ("sequential" if np.array_equal(
+        np.sort(ids), np.arange(ids.size)) else "idmap")
+    prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
+    index = index_factory(parts["d"], f"{prefix}BIVF{parts['nlist']}")
+    capacity = fitted_capacity(len(ids))
+    index = dataclasses.replace(
+        index, centroids=jnp.asarray(parts["centroids"]),
+        payload=pad_rows(jnp.asarray(codes), capacity),
+        ids=pad_rows(jnp.asarray(ids.astype(np.asarray(index.ids).dtype)), capacity, -1),
+        offsets=jnp.asarray(np.concatenate([[0], np.cumsum(np.bincount(
+            lists, minlength=parts["nlist"]))]).astype(np.int32)),
+        count=jnp.asarray(len(ids), jnp.int32), is_trained=True)
+    return index.with_next_id(int(ids.max()) + 1 if ids.size else 0)
 
 
 @functools.partial(jax.jit, static_argnames="n")

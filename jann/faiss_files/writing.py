@@ -111,15 +111,59 @@ def _codec_kind(index) -> str:
                    "(Flat, SQ and 8- / 4-bit PQ codes are written)")
 
 
-def _in_id_map(w: _Writer, index, ids, wrapped: bool, write_inner):
-    """write_inner() (rows 0..n-1), inside FAISS's IndexIDMap / IDMap2 holding `ids`
-    when `wrapped`."""
+def _in_id_map(w: _Writer, index, ids, wrapped: bool, write_inner, binary: bool = False):
+    """write_inner() (rows 0..n-1), inside FAISS's IndexIDMap / IDMap2 (IndexBinaryIDMap
+    / IDMap2 when `binary`) holding `ids` when `wrapped`."""
     if not wrapped:
         return write_inner()
-    w.fourcc(b"IxM2" if index.id_mode == "idmap2" else b"IxMp")
-    _write_header(w, index.d, len(ids), index.metric)
+    idmap2 = index.id_mode == "idmap2"
+    if binary:
+        w.fourcc(b"IBM2" if idmap2 else b"IBMp")
+        _write_binary_header(w, index.d, len(ids))
+    else:
+        w.fourcc(b"IxM2" if idmap2 else b"IxMp")
+        _write_header(w, index.d, len(ids), index.metric)
     write_inner()
     w.array(ids, np.int64)
+
+
+def _write_binary_header(w: _Writer, d: int, ntotal: int):
+    w.scalar("i", d)
+    w.scalar("i", d // 8)  # code size
+    w.scalar("q", ntotal)
+    w.scalar("B", 1)  # is_trained
+    w.scalar("i", METRIC_CODES["l2"])  # IndexBinary's metric field, Hamming in effect
+
+
+def _write_binary_flat(w: _Writer, codes: np.ndarray):
+    w.fourcc(b"IBxF")
+    _write_binary_header(w, 8 * codes.shape[1], codes.shape[0])
+    w.array(codes.reshape(-1), np.uint8)
+
+
+def _write_binary(w: _Writer, index):
+    """BinaryFlat as IndexBinaryFlat (in an IndexBinaryIDMap when it has ids given), or
+    BinaryIVF as IndexBinaryIVF (its lists hold any ids)."""
+    from jann.binary import BinaryFlat
+
+    count = int(index.count)
+    ids = np.asarray(index.ids)[:count].astype(np.int64)
+    if isinstance(index, BinaryFlat):
+        codes = np.asarray(index.vectors)[:count]
+        _in_id_map(w, index, ids, index.id_mode != "sequential",
+                   lambda: _write_binary_flat(w, codes), binary=True)
+        return
+    if index.hash_bits:
+        _refuse(index, "FAISS's IndexBinaryHash is not written by jann")
+    w.fourcc(b"IBwF")
+    _write_binary_header(w, index.d, count)
+    w.scalar("Q", index.nlist)
+    w.scalar("Q", 1)  # nprobe: a search parameter in jann, FAISS's default here
+    _write_binary_flat(w, np.asarray(index.centroids))
+    w.scalar("B", 0)  # no direct map
+    w.array(np.zeros(0, np.int64), np.int64)
+    _write_lists(w, np.asarray(index.offsets, np.int64), np.asarray(index.payload)[:count],
+                 ids)
 
 
 def _write_one_list(w: _Writer, index, codes, ids):
@@ -238,12 +282,16 @@ def _write_index(w: _Writer, index):
     from jann.flat import FlatIndex
     from jann.ivf.index import IVFIndex
 
+    from jann.binary import BinaryFlat, BinaryIVF
+
     if isinstance(index, PreTransformIndex):
         return _write_pre_transform(w, index)
+    if isinstance(index, (BinaryFlat, BinaryIVF)):
+        return _write_binary(w, index)
     if not isinstance(index, (FlatIndex, IVFIndex, RefineIndex)):
         _refuse(index, "jann writes Flat, IVF (Flat, SQ, 4- / 8-bit PQ codes), one-list "
-                       "SQ / PQ, their IDMap / IDMap2 forms, RFlat refinement and linear "
-                       "pre-transforms")
+                       "SQ / PQ, their IDMap / IDMap2 forms, RFlat refinement, linear "
+                       "pre-transforms, BFlat and BIVF")
     if index.metric not in METRIC_CODES:
         _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
                        "product; for cosine, normalise the rows and use 'ip')")
