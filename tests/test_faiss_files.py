@@ -134,7 +134,7 @@ def test_truncated_tampered_and_unsupported_files_fail_cleanly(data):
     tampered = flat[:length_at] + (2**60).to_bytes(8, "little") + flat[length_at + 8:]
     with pytest.raises(jann.FileFormatError, match="longer than the file"):
         jann.read_faiss(tampered)
-    hnsw = faiss.serialize_index(_faiss_index("HNSW8", faiss.METRIC_L2, xb[:500]))
+    hnsw = faiss.serialize_index(_faiss_index("HNSW8,SQ8", faiss.METRIC_L2, xb[:500]))
     with pytest.raises(jann.FileFormatError, match="not read"):
         jann.read_faiss(hnsw)
     pq6 = faiss.serialize_index(_faiss_index("IVF8,PQ4x6", faiss.METRIC_L2, xb[:500]))
@@ -196,7 +196,7 @@ def test_indexes_faiss_has_no_class_for_are_refused(data):
     for spec, metric, why in (("Flat", "cosine", "cosine"), ("IVF8,RQ2x4", "l2", "Residual"),
                               ("IVF8,PQ14x6", "l2", "4-bit"),
                               ("Residual8,PQ14", "l2", "Index2Layer"),
-                              ("HNSW8", "l2", "writes Flat"), ("ITQ64,Flat", "l2", "linear")):
+                              ("HNSW8,SQ8", "l2", "float vectors"), ("ITQ64,Flat", "l2", "linear")):
         index = jann.train(jann.index_factory(d, spec, metric), xb[:1000], key=0)
         with pytest.raises(jann.InvalidInputError, match=why):
             jann.write_faiss(index)
@@ -309,3 +309,48 @@ def test_binary_indexes_both_ways(spec, binary_data):
     for cut in (0, 10, 40, len(blob) // 2, len(blob) - 1):
         with pytest.raises(jann.FileFormatError):
             jann.read_faiss(blob[:cut])
+
+
+def _recall(found, truth):
+    return np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)])
+
+
+@pytest.mark.parametrize("spec,metric", [("HNSW8", faiss.METRIC_L2),
+                                         ("HNSW16", faiss.METRIC_INNER_PRODUCT),
+                                         ("IDMap,HNSW8", faiss.METRIC_L2)])
+def test_hnsw_files_both_ways(spec, metric, data):
+    """IndexHNSWFlat: faiss-cpu's graph read by jann finds the true neighbours at least as
+    often as faiss at the same efSearch (less 0.01); jann's graph written is read by
+    faiss-cpu (and written back to the same bytes) and by jann (same results)."""
+    xb, xq = data
+    name = "l2" if metric == faiss.METRIC_L2 else "ip"
+    scores = -((xq[:, None, :] - xb[None]) ** 2).sum(-1) if name == "l2" else xq @ xb.T
+    truth = np.argsort(-scores, 1)[:, :K]
+    ref = faiss.index_factory(xb.shape[1], spec, metric)
+    ids = np.arange(len(xb)) * 7 + 1 if spec.startswith("IDMap") else np.arange(len(xb))
+    ref.add(xb) if not spec.startswith("IDMap") else ref.add_with_ids(xb, ids)
+    graph = faiss.downcast_index(ref.index) if spec.startswith("IDMap") else ref
+    index = jann.read_faiss(faiss.serialize_index(ref))
+    assert index.describe() == spec and jann.ntotal(index) == len(xb)
+    for ef in (16, 64):
+        graph.hnsw.efSearch = ef
+        theirs = _recall(ref.search(xq, K)[1], ids[truth])
+        ours = _recall(np.asarray(jann.search(index, xq, K, ef=ef)[1]), ids[truth])
+        assert ours >= theirs - 0.01, (ef, ours, theirs)
+
+    built = jann.add(jann.index_factory(xb.shape[1], spec, name), xb,
+                     ids if spec.startswith("IDMap") else None)
+    want = np.asarray(jann.search(built, xq, K, ef=64)[1])
+    blob = jann.write_faiss(built)
+    back = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    assert faiss.serialize_index(back).tobytes() == blob
+    np.testing.assert_array_equal(np.asarray(jann.search(jann.read_faiss(blob), xq, K,
+                                                         ef=64)[1]), want)
+    # FAISS descends one path from its entry point where jann seeds many: on this data it
+    # needs a wider efSearch for jann's recall (measured: 0.96-0.97 at 64, 1.0 at 256)
+    (faiss.downcast_index(back.index) if hasattr(back, "index") else back).hnsw.efSearch = 256
+    assert _recall(back.search(xq, K)[1], ids[truth]) >= _recall(want, ids[truth]) - 0.01
+    if spec == "HNSW8":
+        removed, _ = jann.remove_ids(built, [3])
+        with pytest.raises(jann.InvalidInputError, match="compact"):
+            jann.write_faiss(removed)

@@ -1,6 +1,6 @@
 """FAISS index files read and written without faiss: `jann.read_faiss(path_or_bytes)`,
-`jann.write_faiss(index, path=None)`. format.py holds the shared numbers, reading.py
-and writing.py one direction each.
+`jann.write_faiss(index, path=None)`. format.py holds the shared numbers, wire.py the
+field codec, reading.py and writing.py one direction each, hnsw.py the graph both ways.
 
 FAISS writes an index as its class's fields in order, each object behind a four-byte
 code naming its class (faiss/impl/index_read.cpp is the reference). Read and written:
@@ -12,7 +12,8 @@ and IndexPreTransform ("IxPT") around them, its linear transforms (PCAMatrix "Pc
 "PcAm" / "PCAm", RandomRotationMatrix "rrot", LinearTransform "LTra" as OPQ is stored,
 ITQMatrix "Viqm", CenteringTransform "VCnt") read as `jann.LinearTransform`s, and
 IndexBinaryFlat / IndexBinaryIVF ("IBxF" / "IBwF", with IndexBinaryIDMap / IDMap2 "IBMp"
-/ "IBM2"), with array inverted lists ("ilar"). Codes
+/ "IBM2") and IndexHNSWFlat ("IHNf", see hnsw.py), with array inverted lists ("ilar").
+Codes
 are kept as they are (jann's SQ and PQ code as FAISS does), so search results match.
 Reading: any other class raises `FileFormatError` naming it, and every size field is
 checked against the bytes left before anything is allocated, so a truncated or tampered
@@ -20,7 +21,7 @@ file fails cleanly. Writing: jann's indexes of those kinds (a one-list coded ind
 IndexPQ / IndexScalarQuantizer, in an IDMap when its ids are not 0..n-1; an IDMap IVF is
 a plain one, FAISS IVF storing any ids); anything else (cosine, which FAISS has no metric
 for; RQ codes, PQ codes of other widths; ITQ transforms, a refine index other than Flat or
-over ids other than 0..n-1, graphs, BHash) raises
+over ids other than 0..n-1, graphs over codes or with removed rows, BHash) raises
 `InvalidInputError` naming what FAISS would not get.
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,8 @@ from jann.compose import PreTransformIndex
 from jann.errors import FileFormatError
 from jann.factory import index_factory
 from jann.faiss_files.format import FLAT_CLASSES, METRICS, QTYPE_CODES
+from jann.faiss_files.hnsw import build_hnsw, read_hnsw
+from jann.faiss_files.wire import Reader
 from jann.linear import LinearTransform
 from jann.ops.distances import squared_norms
 from jann.transforms import Chain
@@ -24,37 +25,7 @@ from jann.transforms import Chain
 __all__ = ["read_faiss"]
 
 
-class _Reader:
-    """Little-endian fields of a byte string, every length checked against what is left."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise FileFormatError(f"FAISS file truncated or corrupt: {n} bytes wanted at "
-                                  f"offset {self.pos}, {len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def scalar(self, fmt: str):
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def fourcc(self) -> bytes:
-        return self.take(4)
-
-    def array(self, dtype, count: int | None = None) -> np.ndarray:
-        """A FAISS vector: its element count (size_t) unless given, then the elements."""
-        dtype = np.dtype(dtype).newbyteorder("<")
-        n = self.scalar("Q") if count is None else count
-        if n > (len(self.data) - self.pos) // max(dtype.itemsize, 1):
-            raise FileFormatError(f"FAISS file truncated or corrupt: a vector of {n} "
-                                  f"elements at offset {self.pos} is longer than the file")
-        return np.frombuffer(self.take(n * dtype.itemsize), dtype).astype(dtype.newbyteorder("="))
-
-
-def _header(r: _Reader) -> dict:
+def _header(r: Reader) -> dict:
     """FAISS's Index fields: d, ntotal, two unused words, is_trained, metric."""
     d, ntotal = r.scalar("i"), r.scalar("q")
     r.scalar("q"), r.scalar("q")
@@ -70,7 +41,7 @@ def _header(r: _Reader) -> dict:
             "metric": METRICS[metric]}
 
 
-def _flat_vectors(r: _Reader, head: dict) -> np.ndarray:
+def _flat_vectors(r: Reader, head: dict) -> np.ndarray:
     values = r.array(np.float32)
     if values.size != head["d"] * head["ntotal"]:
         raise FileFormatError(f"FAISS flat index corrupt: {values.size} values for "
@@ -78,7 +49,7 @@ def _flat_vectors(r: _Reader, head: dict) -> np.ndarray:
     return values.reshape(head["ntotal"], head["d"])
 
 
-def _inverted_lists(r: _Reader, nlist: int, code_size: int):
+def _inverted_lists(r: Reader, nlist: int, code_size: int):
     """(list of each row, codes (n, code_size) uint8, ids (n,)) of array inverted lists."""
     kind = r.fourcc()
     if kind != b"ilar":
@@ -111,7 +82,7 @@ def _inverted_lists(r: _Reader, nlist: int, code_size: int):
     return np.concatenate(lists), np.concatenate(codes), np.concatenate(ids)
 
 
-def _ivf_common(r: _Reader, head: dict) -> dict:
+def _ivf_common(r: Reader, head: dict) -> dict:
     """The fields every FAISS IVF index starts with: nlist, nprobe, its quantizer and
     direct map."""
     nlist = r.scalar("Q")
@@ -125,13 +96,13 @@ def _ivf_common(r: _Reader, head: dict) -> dict:
             "centroids": quantizer["vectors"]}
 
 
-def _no_direct_map(r: _Reader):
+def _no_direct_map(r: Reader):
     if r.scalar("B") != 0:  # direct map type: none, array or hash
         raise FileFormatError("FAISS IVF index with a direct map is not read by jann yet")
     r.array(np.int64)  # the (empty) direct map array
 
 
-def _binary_header(r: _Reader) -> dict:
+def _binary_header(r: Reader) -> dict:
     """FAISS's IndexBinary fields: d (bits), code size, ntotal, is_trained, metric."""
     d, code_size, ntotal = r.scalar("i"), r.scalar("i"), r.scalar("q")
     r.scalar("B"), r.scalar("i")  # is_trained; metric (Hamming whatever it says)
@@ -141,7 +112,7 @@ def _binary_header(r: _Reader) -> dict:
     return {"d": d, "ntotal": ntotal, "metric": "hamming"}
 
 
-def _binary(r: _Reader, code: bytes, head: dict) -> dict:
+def _binary(r: Reader, code: bytes, head: dict) -> dict:
     """IndexBinaryFlat (its codes) or IndexBinaryIVF (nlist, nprobe, its flat binary
     quantizer, direct map, then array inverted lists of codes)."""
     nbytes = head["d"] // 8
@@ -166,7 +137,7 @@ def _binary(r: _Reader, code: bytes, head: dict) -> dict:
             "centroids": quantizer["vectors"], "lists": lists, "ids": ids, "vectors": codes}
 
 
-def _ivf_flat(r: _Reader, head: dict) -> dict:
+def _ivf_flat(r: Reader, head: dict) -> dict:
     parts = _ivf_common(r, head)
     lists, codes, ids = _inverted_lists(r, parts["nlist"], 4 * head["d"])
     if ids.size != head["ntotal"]:
@@ -175,7 +146,7 @@ def _ivf_flat(r: _Reader, head: dict) -> dict:
             "vectors": codes.view("<f4").astype(np.float32).reshape(-1, head["d"])}
 
 
-def _ivf_pq(r: _Reader, head: dict) -> dict:
+def _ivf_pq(r: Reader, head: dict) -> dict:
     parts = _ivf_common(r, head)
     by_residual = bool(r.scalar("B"))
     code_size = r.scalar("Q")
@@ -189,7 +160,7 @@ def _ivf_pq(r: _Reader, head: dict) -> dict:
             "ids": ids, "vectors": codes}
 
 
-def _scalar_quantizer(r: _Reader, d: int) -> dict:
+def _scalar_quantizer(r: Reader, d: int) -> dict:
     """A FAISS ScalarQuantizer: type, range statistic (training only), d, code size and
     its trained ranges (vmin then vdiff: per dimension, one pair, or none)."""
     from jann.quantizers.sq import QTYPES
@@ -210,7 +181,7 @@ def _scalar_quantizer(r: _Reader, d: int) -> dict:
             "vmin": trained[:ranges], "vdiff": trained[ranges:]}
 
 
-def _product_quantizer(r: _Reader, d: int) -> dict:
+def _product_quantizer(r: Reader, d: int) -> dict:
     """A FAISS ProductQuantizer with 8- or 4-bit codes (whose bytes jann's PQ shares:
     one byte per sub-code, or two per byte, the first in the low nibble)."""
     pq_d, M, nbits = r.scalar("Q"), r.scalar("Q"), r.scalar("Q")
@@ -224,7 +195,7 @@ def _product_quantizer(r: _Reader, d: int) -> dict:
             "pq": centroids.reshape(M, 1 << nbits, d // M)}
 
 
-def _ivf_sq(r: _Reader, head: dict) -> dict:
+def _ivf_sq(r: Reader, head: dict) -> dict:
     parts = _ivf_common(r, head)
     sq = _scalar_quantizer(r, head["d"])
     if r.scalar("Q") != sq["code_size"]:
@@ -237,7 +208,7 @@ def _ivf_sq(r: _Reader, head: dict) -> dict:
             "ids": ids, "vectors": codes}
 
 
-def _flat_coded(r: _Reader, head: dict, codec: dict) -> dict:
+def _flat_coded(r: Reader, head: dict, codec: dict) -> dict:
     """IndexScalarQuantizer / IndexPQ: the codec, then the codes of rows 0..ntotal-1."""
     codes = r.array(np.uint8)
     if codes.size != head["ntotal"] * codec["code_size"]:
@@ -249,7 +220,7 @@ def _flat_coded(r: _Reader, head: dict, codec: dict) -> dict:
 _PCA_CODES = (b"PCAm", b"PcAm", b"Pcam")  # FAISS's PCAMatrix, oldest to newest fields
 
 
-def _vector_transform(r: _Reader) -> dict:
+def _vector_transform(r: Reader) -> dict:
     """A FAISS linear VectorTransform: its A, b and the factory name it came from."""
     code = r.fourcc()
     name = None
@@ -289,7 +260,7 @@ def _vector_transform(r: _Reader) -> dict:
             "name": None if name is None else f"{name}{d_out}"}
 
 
-def _pre_transform(r: _Reader, head: dict) -> dict:
+def _pre_transform(r: Reader, head: dict) -> dict:
     """IndexPreTransform: its chain of transforms, then the index they feed."""
     count = r.scalar("i")
     if not 0 < count <= 64:
@@ -307,7 +278,7 @@ def _pre_transform(r: _Reader, head: dict) -> dict:
             "chain": chain, "inner": inner, "ids": inner["ids"], "vectors": inner["vectors"]}
 
 
-def _read(r: _Reader) -> dict:
+def _read(r: Reader) -> dict:
     """The parts of the next index in the file (vectors, ids, centroids, ...)."""
     code = r.fourcc()
     if code in FLAT_CLASSES:
@@ -338,6 +309,8 @@ def _read(r: _Reader) -> dict:
         return {"kind": "refine", "d": head["d"], "metric": head["metric"], "base": base,
                 "refine": refine["vectors"], "k_factor": float(k_factor), "ids": None,
                 "vectors": refine["vectors"]}
+    if code == b"IHNf":
+        return read_hnsw(r, _header(r), _read)
     if code == b"IxPT":
         return _pre_transform(r, _header(r))
     if code in (b"IBxF", b"IBwF"):
@@ -359,8 +332,8 @@ def _read(r: _Reader) -> dict:
     raise FileFormatError(f"FAISS index class {code!r} is not read by jann (it reads "
                           "IndexFlat, IndexIDMap / IDMap2, IndexIVFFlat, IndexIVFPQ, "
                           "IndexIVFScalarQuantizer, IndexScalarQuantizer, IndexPQ, "
-                          "IndexPreTransform, IndexRefineFlat, IndexBinaryFlat and "
-                          "IndexBinaryIVF)")
+                          "IndexHNSWFlat, IndexPreTransform, IndexRefineFlat, "
+                          "IndexBinaryFlat and IndexBinaryIVF)")
 
 
 def _codes_description(parts: dict) -> str:
@@ -388,6 +361,8 @@ def _build(parts: dict):
                                  transform_description=transform.describe())
     if parts["kind"] == "binary_ivf":
         return _binary_ivf(parts)
+    if parts["kind"] == "hnsw":
+        return build_hnsw(parts, index_factory)
     ids, vectors = parts["ids"], parts["vectors"]
     lists = parts.get("lists")
     if ids is not None:
@@ -477,7 +452,7 @@ def read_faiss(source) -> object:
         data = source.tobytes()
     else:
         raise FileFormatError(f"read_faiss takes a path or bytes, got {type(source).__name__}")
-    r = _Reader(data)
+    r = Reader(data)
     parts = _read(r)
     if r.pos != len(data):
         raise FileFormatError(f"FAISS file has {len(data) - r.pos} bytes past its index")

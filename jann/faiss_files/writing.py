@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 from jann.errors import InvalidInputError
 from jann.faiss_files.format import METRIC_CODES, QTYPE_CODES
+from jann.faiss_files.hnsw import write_hnsw
+from jann.faiss_files.wire import Writer
 
 __all__ = ["write_faiss"]
 
 
-class _Writer:
-    """A FAISS file built field by field, little-endian, in faiss/impl/index_write.cpp's
-    order."""
-
-    def __init__(self):
-        self.out = bytearray()
-
-    def scalar(self, fmt: str, value):
-        self.out += struct.pack("<" + fmt, value)
-
-    def fourcc(self, code: bytes):
-        self.out += code
-
-    def array(self, values, dtype, with_count: bool = True):
-        values = np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<"))
-        if with_count:
-            self.scalar("Q", values.size)
-        self.out += values.tobytes()
-
-
-def _write_header(w: _Writer, d: int, ntotal: int, metric: str):
+def _write_header(w: Writer, d: int, ntotal: int, metric: str):
     w.scalar("i", d)
     w.scalar("q", ntotal)
     w.scalar("q", 1 << 20)  # two words FAISS writes and ignores
@@ -41,13 +21,13 @@ def _write_header(w: _Writer, d: int, ntotal: int, metric: str):
     w.scalar("i", METRIC_CODES[metric])
 
 
-def _write_flat(w: _Writer, vectors: np.ndarray, metric: str):
+def _write_flat(w: Writer, vectors: np.ndarray, metric: str):
     w.fourcc(b"IxF2" if metric == "l2" else b"IxFI")
     _write_header(w, vectors.shape[1], vectors.shape[0], metric)
     w.array(vectors.astype(np.float32).reshape(-1), np.float32)
 
 
-def _write_lists(w: _Writer, offsets: np.ndarray, codes: np.ndarray, ids: np.ndarray):
+def _write_lists(w: Writer, offsets: np.ndarray, codes: np.ndarray, ids: np.ndarray):
     """Array inverted lists ("ilar"): list sizes (FAISS's "full" layout when more than
     half the lists hold rows, "sprs" pairs otherwise), then each list's codes and ids."""
     nlist = offsets.size - 1
@@ -74,7 +54,7 @@ def _refuse(index, why: str):
                             f"index ({why})")
 
 
-def _write_codec(w: _Writer, index):
+def _write_codec(w: Writer, index):
     """The codec's FAISS struct: ProductQuantizer (d, M, nbits, centroids) or
     ScalarQuantizer (type, range statistic, d, code size, trained vmin then vdiff)."""
     codec = index.codec
@@ -111,7 +91,7 @@ def _codec_kind(index) -> str:
                    "(Flat, SQ and 8- / 4-bit PQ codes are written)")
 
 
-def _in_id_map(w: _Writer, index, ids, wrapped: bool, write_inner, binary: bool = False):
+def _in_id_map(w: Writer, index, ids, wrapped: bool, write_inner, binary: bool = False):
     """write_inner() (rows 0..n-1), inside FAISS's IndexIDMap / IDMap2 (IndexBinaryIDMap
     / IDMap2 when `binary`) holding `ids` when `wrapped`."""
     if not wrapped:
@@ -127,7 +107,7 @@ def _in_id_map(w: _Writer, index, ids, wrapped: bool, write_inner, binary: bool 
     w.array(ids, np.int64)
 
 
-def _write_binary_header(w: _Writer, d: int, ntotal: int):
+def _write_binary_header(w: Writer, d: int, ntotal: int):
     w.scalar("i", d)
     w.scalar("i", d // 8)  # code size
     w.scalar("q", ntotal)
@@ -135,13 +115,13 @@ def _write_binary_header(w: _Writer, d: int, ntotal: int):
     w.scalar("i", METRIC_CODES["l2"])  # IndexBinary's metric field, Hamming in effect
 
 
-def _write_binary_flat(w: _Writer, codes: np.ndarray):
+def _write_binary_flat(w: Writer, codes: np.ndarray):
     w.fourcc(b"IBxF")
     _write_binary_header(w, 8 * codes.shape[1], codes.shape[0])
     w.array(codes.reshape(-1), np.uint8)
 
 
-def _write_binary(w: _Writer, index):
+def _write_binary(w: Writer, index):
     """BinaryFlat as IndexBinaryFlat (in an IndexBinaryIDMap when it has ids given), or
     BinaryIVF as IndexBinaryIVF (its lists hold any ids)."""
     from jann.binary import BinaryFlat
@@ -166,7 +146,7 @@ def _write_binary(w: _Writer, index):
                  ids)
 
 
-def _write_one_list(w: _Writer, index, codes, ids):
+def _write_one_list(w: Writer, index, codes, ids):
     """A coded index of one list without residual as FAISS's IndexPQ / IndexScalarQuantizer
     (rows numbered 0..n-1 there), in an IDMap / IDMap2 when its ids are other numbers."""
     kind = _codec_kind(index)
@@ -184,7 +164,7 @@ def _write_one_list(w: _Writer, index, codes, ids):
     _in_id_map(w, index, ids, not np.array_equal(ids, np.arange(len(ids))), coded)
 
 
-def _write_ivf(w: _Writer, index):
+def _write_ivf(w: Writer, index):
     from jann.flat import FlatIndex
 
     if index.exhaustive:
@@ -219,7 +199,7 @@ def _write_ivf(w: _Writer, index):
     _write_lists(w, offsets, codes, ids)
 
 
-def _write_refine(w: _Writer, index):
+def _write_refine(w: Writer, index):
     """FAISS's IndexRefineFlat: its base, then the exact vectors of rows 0..n-1 (FAISS
     looks the base's labels up by position there), then k_factor."""
     from jann.api import ntotal, reconstruct
@@ -240,7 +220,7 @@ def _write_refine(w: _Writer, index):
     w.scalar("f", index.k_factor)
 
 
-def _write_pre_transform(w: _Writer, index):
+def _write_pre_transform(w: Writer, index):
     """IndexPreTransform: its linear transforms as FAISS `LinearTransform`s (A and b; a
     PCA as a `PCAMatrix` holding jann's mean, eigenvalues and components, a random
     rotation as a `RandomRotationMatrix`), then its index."""
@@ -277,21 +257,28 @@ def _write_pre_transform(w: _Writer, index):
     _write_index(w, index.index)
 
 
-def _write_index(w: _Writer, index):
+def _write_index(w: Writer, index):
     from jann.compose import PreTransformIndex, RefineIndex
     from jann.flat import FlatIndex
     from jann.ivf.index import IVFIndex
 
     from jann.binary import BinaryFlat, BinaryIVF
+    from jann.graph.index import GraphIndex
 
     if isinstance(index, PreTransformIndex):
         return _write_pre_transform(w, index)
     if isinstance(index, (BinaryFlat, BinaryIVF)):
         return _write_binary(w, index)
+    if isinstance(index, GraphIndex):
+        count = int(index.count)
+        ids = np.asarray(index.ids)[:count].astype(np.int64)
+        wrapped = not np.array_equal(ids, np.arange(count))  # ids given, or kept by compact
+        return _in_id_map(w, index, ids, wrapped, lambda: write_hnsw(
+            w, index, _write_header, _write_flat, _refuse))
     if not isinstance(index, (FlatIndex, IVFIndex, RefineIndex)):
         _refuse(index, "jann writes Flat, IVF (Flat, SQ, 4- / 8-bit PQ codes), one-list "
                        "SQ / PQ, their IDMap / IDMap2 forms, RFlat refinement, linear "
-                       "pre-transforms, BFlat and BIVF")
+                       "pre-transforms, HNSW over float vectors, BFlat and BIVF")
     if index.metric not in METRIC_CODES:
         _refuse(index, f"FAISS has no {index.metric!r} metric jann writes (L2 and inner "
                        "product; for cosine, normalise the rows and use 'ip')")
@@ -314,7 +301,7 @@ def write_faiss(index, path=None):
     from jann.api import require_trained
 
     require_trained(index, "write_faiss")
-    w = _Writer()
+    w = Writer()
     _write_index(w, index)
     data = bytes(w.out)
     if path is None:
