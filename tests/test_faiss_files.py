@@ -346,9 +346,11 @@ def test_hnsw_files_both_ways(spec, metric, data):
     assert faiss.serialize_index(back).tobytes() == blob
     np.testing.assert_array_equal(np.asarray(jann.search(jann.read_faiss(blob), xq, K,
                                                          ef=64)[1]), want)
-    # FAISS descends one path from its entry point where jann seeds many: on this data it
-    # needs a wider efSearch for jann's recall (measured: 0.96-0.97 at 64, 1.0 at 256)
-    (faiss.downcast_index(back.index) if hasattr(back, "index") else back).hnsw.efSearch = 256
+    # faiss-cpu at the same efSearch finds what jann finds (L2); on inner products its one
+    # descent path needs a wider efSearch (measured: 0.95-0.97 at 16-64 where jann has
+    # 0.98-0.995, 1.0 at 256)
+    back_graph = faiss.downcast_index(back.index) if hasattr(back, "index") else back
+    back_graph.hnsw.efSearch = 64 if name == "l2" else 256
     assert _recall(back.search(xq, K)[1], ids[truth]) >= _recall(want, ids[truth]) - 0.01
     if spec == "HNSW8":
         removed, _ = jann.remove_ids(built, [3])
