@@ -37,8 +37,9 @@ FAISS_EQUIVALENT = {"Residual64,PQ14": ("IVF64,PQ14", {"nprobe": 64})}
 # Training sets are kept small (and the same for both libraries) so the suite stays fast.
 N_TRAIN = 5000
 # OPQ rotation rounds, both libraries (default 50: 15 s of jann's and 25 s of faiss's
-# training on one core). Recall@10 jann / faiss: 0.711 / 0.704 at 10, 0.724 / 0.726 at 50.
-OPQ_NITER = 10
+# training on one core). Recall@10 jann / faiss: 0.692 / 0.696 at 4, 0.711 / 0.704 at 10,
+# 0.724 / 0.726 at 50.
+OPQ_NITER = 4
 
 
 def _faiss_recall(description, xt, xb, xq, gt, metric, params):
@@ -356,8 +357,11 @@ def test_preassigned_and_merge(data):
                                          "IVF32,Flat,RFlat"])
 def test_save_load_and_serialize_keep_results(description, data, tmp_path):
     xb, xq, _ = data
-    index = jann.add(jann.train(jann.index_factory(196, description), xb[:3000],
-                                key=jax.random.key(0)), xb[:3000])
+    index = jann.index_factory(196, description)
+    if description.startswith("OPQ"):  # a few rotation rounds: what is saved is under test
+        index = dataclasses.replace(index, transform=index.transform.train(
+            xb[:3000], key=jax.random.key(1), niter=2))
+    index = jann.add(jann.train(index, xb[:3000], key=jax.random.key(0)), xb[:3000])
     params = {"nprobe": 8} if description.startswith(("IVF64", "OPQ")) else {}
     want = jann.search(index, xq, K, **params)
     jann.save(index, tmp_path / "ix")
