@@ -470,6 +470,14 @@ def _load_version(path: str, version: str, mesh, axis):
     placement = config.get("placement")
     sharded = placement is not None and placement.get("mode") == "shard"
     shardings, finish = {}, None
+    if sharded and not jax.config.jax_enable_x64:
+        wide = [n for n, spec in config["arrays"].items()
+                if np.dtype(spec["dtype"]).kind in "iu" and np.dtype(spec["dtype"]).itemsize == 8]
+        if wide:  # restored onto devices they would come back as 32 bits, wrapped
+            raise CheckpointError(
+                f"{where}: arrays {wide} hold 64-bit integers (ids saved with "
+                "jax_enable_x64); a sharded checkpoint restores them only with "
+                "jax.config.update('jax_enable_x64', True)")
     if sharded:  # Orbax restores sharded arrays only onto a given layout
         read = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         if mesh is not None:

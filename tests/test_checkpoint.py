@@ -3,6 +3,8 @@
 import json
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -222,4 +224,28 @@ def test_every_metadata_byte_flipped_is_caught_or_harmless(rng, tmp_path):
         jann.load(path)
     config.write_text("[" * 100_000)
     with pytest.raises(jann.CheckpointError):
+        jann.load(path)
+
+
+_SAVE_SHARDED_INT64 = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np, jann
+from jax.sharding import Mesh
+x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+index = jann.add(jann.index_factory(8, "IDMap,Flat"), x, ids=np.arange(40) + 2**40 + 3)
+jann.save(jann.shard(index, Mesh(np.array(jax.devices()), ("x",)), ids="int64"), sys.argv[1])
+"""
+
+
+def test_a_sharded_checkpoint_of_64_bit_ids_is_refused_without_x64(tmp_path):
+    """Restored onto devices without x64 its ids would come back as 32 bits (2**40 + 3 as
+    3): the load names the cause instead."""
+    path = tmp_path / "sharded64"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    subprocess.run([sys.executable, "-c", _SAVE_SHARDED_INT64, str(path)], env=env,
+                   check=True, capture_output=True, timeout=300)
+    with pytest.raises(jann.CheckpointError, match="64-bit integers.*jax_enable_x64"):
         jann.load(path)
