@@ -10,16 +10,15 @@ On disk a checkpoint is a directory:
     path/LATEST          name of the current version, replaced atomically (os.replace)
     path/v000007/        config.json + arrays/ (an Orbax checkpoint)
 
-A save writes a new version next to the old one and only then swaps LATEST, so a crash or
-an exception mid-save leaves the previous checkpoint loadable; older versions are deleted
-after the swap.
+A save writes a new version next to the old one and only then swaps LATEST (a crash mid-save
+leaves the previous checkpoint loadable); older versions are deleted after the swap.
 
-A sharded index (`jann.shard`) is saved as its stacked per-shard arrays, straight from
-the devices that hold them (every process of a multi-host job calls `save`; each writes
-its own shards, process 0 publishes), with a SHA-256 per shard and a "placement" entry
-(format 2). `load(path, mesh=...)` restores it onto a mesh of any size, each process
-reading only the shards its devices need (see `jann.sharding` for the redistribution);
-`load(path)` without a mesh returns the plain index with all the vectors.
+A sharded index (`jann.shard`) is saved as its stacked per-shard arrays, straight from the
+devices that hold them (every process of a multi-host job calls `save`; each writes its own
+shards, process 0 publishes), with a SHA-256 per shard and a "placement" entry (format 2).
+`load(path, mesh=...)` restores it onto a mesh of any size, each process reading only the
+shards its devices need (see `jann.sharding`); `load(path)` without a mesh returns the
+plain index with all the vectors (64-bit ids of a sharded one need jax_enable_x64).
 """
 
 from __future__ import annotations
@@ -431,12 +430,11 @@ def _save(path: str, config: dict, arrays: dict, primary: bool) -> str:
 def load(path, mesh=None, *, axis: str | None = None):
     """Read the index saved at `path` (its latest complete version).
 
-    `mesh` (a jax.sharding.Mesh) places it: a sharded checkpoint is restored onto the
-    mesh's `axis` (default: the saved axis name, or the mesh's only axis) whatever its
-    size, each process reading only what its devices hold; a replicated one is
-    replicated on the mesh; a plain one is sharded with `jann.shard`. Without a mesh,
-    a sharded checkpoint comes back as one plain index holding every vector.
-    """
+    `mesh` (a jax.sharding.Mesh) places it: a sharded checkpoint is restored onto the mesh's
+    `axis` (default: the saved axis name, or the mesh's only axis) whatever its size, each
+    process reading only what its devices hold; a replicated one is replicated on the mesh;
+    a plain one is sharded with `jann.shard`. Without a mesh, a sharded checkpoint comes
+    back as one plain index holding every vector."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a jann checkpoint (no such directory)")
@@ -446,9 +444,8 @@ def load(path, mesh=None, *, axis: str | None = None):
             raise CheckpointError(f"{path} is not a jann checkpoint (no {_LATEST} version)")
         try:
             return _load_version(path, version, mesh, axis)
-        except (CheckpointError, OSError):
-            # A save that finished meanwhile may have deleted the version being read
-            # (a save keeps one older version): read the new LATEST instead.
+        except (CheckpointError, OSError):  # a save that finished meanwhile may have
+            # deleted the version being read (it keeps one older one): read the new LATEST
             if current_version(path) == version:
                 raise
     raise CheckpointError(f"{path}: saved over {_LOAD_ATTEMPTS} times while loading")
@@ -470,14 +467,10 @@ def _load_version(path: str, version: str, mesh, axis):
     placement = config.get("placement")
     sharded = placement is not None and placement.get("mode") == "shard"
     shardings, finish = {}, None
-    if sharded and not jax.config.jax_enable_x64:
-        wide = [n for n, spec in config["arrays"].items()
-                if np.dtype(spec["dtype"]).kind in "iu" and np.dtype(spec["dtype"]).itemsize == 8]
-        if wide:  # restored onto devices they would come back as 32 bits, wrapped
-            raise CheckpointError(
-                f"{where}: arrays {wide} hold 64-bit integers (ids saved with "
-                "jax_enable_x64); a sharded checkpoint restores them only with "
-                "jax.config.update('jax_enable_x64', True)")
+    wide = [n for n, a in config["arrays"].items() if np.dtype(a["dtype"]) in (np.int64, np.uint64)]
+    if sharded and wide and not jax.config.jax_enable_x64:  # restored as 32 bits, wrapped
+        raise CheckpointError(f"{where}: arrays {wide} hold 64-bit integers (ids saved with "
+                              "jax_enable_x64): load it with jax_enable_x64 set")
     if sharded:  # Orbax restores sharded arrays only onto a given layout
         read = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         if mesh is not None:
