@@ -19,9 +19,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jann._storage import fitted_capacity, pad_rows
+from jann._storage import fitted_capacity, id_mode_prefix, pad_rows
 from jann.errors import FileFormatError
 from jann.faiss_files.wire import Reader, Writer
+from jann.ops.distances import squared_norms
 
 # Rows whose edge distances are computed at once (bounds the gather and the products).
 KEY_BLOCK = 16384
@@ -77,7 +78,7 @@ def build_hnsw(parts: dict, index_factory):
                               "jann (2M are)")
     ids = parts["ids"] if parts["ids"] is not None else np.arange(n)
     mode = parts.get("id_mode") or "sequential"
-    prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
+    prefix = id_mode_prefix(mode)
     index = index_factory(parts["d"], f"{prefix}HNSW{degree // 2}", parts["metric"])
     keys = np.full(neighbors.shape, np.inf, np.float32)
     for start in range(0, n, KEY_BLOCK):
@@ -97,7 +98,7 @@ def build_hnsw(parts: dict, index_factory):
     capacity = fitted_capacity(n)
     return dataclasses.replace(
         index, payload=pad_rows(index.codec.encode(jnp.asarray(vectors)), capacity),
-        norms=pad_rows(jnp.sum(jnp.asarray(vectors) ** 2, 1), capacity),
+        norms=pad_rows(squared_norms(jnp.asarray(vectors)), capacity),
         neighbors=pad_rows(jnp.asarray(neighbors), capacity, -1),
         edge_keys=pad_rows(jnp.asarray(keys), capacity, np.inf),
         ids=pad_rows(jnp.asarray(ids.astype(np.asarray(index.ids).dtype)), capacity, -1),

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann._storage import fitted_capacity, pad_rows
+from jann._storage import fitted_capacity, id_mode_prefix, pad_rows
 from jann.api import add, add_preassigned, reserve
 from jann.compose import PreTransformIndex
 from jann.errors import FileFormatError
@@ -373,7 +373,7 @@ def _build(parts: dict):
     if mode == "sequential" and ids is not None and not np.array_equal(
             ids, np.arange(ids.size)):
         mode = "idmap"  # FAISS IVF keeps ids after removals: gaps need an id map
-    prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
+    prefix = id_mode_prefix(mode)
     given = None if mode == "sequential" else ids
     if parts["kind"] in ("flat", "binary_flat"):
         if parts["kind"] == "binary_flat":  # Hamming, whatever the factory's metric
@@ -408,7 +408,7 @@ def _binary_ivf(parts: dict):
     ids, lists, codes = parts["ids"], parts["lists"], parts["vectors"]
     mode = parts.get("id_mode") or ("sequential" if np.array_equal(
         np.sort(ids), np.arange(ids.size)) else "idmap")
-    prefix = {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[mode]
+    prefix = id_mode_prefix(mode)
     index = index_factory(parts["d"], f"{prefix}BIVF{parts['nlist']}")
     capacity = fitted_capacity(len(ids))
     index = dataclasses.replace(
