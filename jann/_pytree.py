@@ -17,9 +17,44 @@ import jax
 PYTREE_TYPES: dict[str, type] = {}
 
 
-def static(default=dataclasses.MISSING, **kwargs):
-    """A static (configuration) field of a `pytree_dataclass`."""
-    return dataclasses.field(default=default, metadata={"static": True}, **kwargs)
+def static(default=dataclasses.MISSING, *, choices=None, **kwargs):
+    """A static (configuration) field of a `pytree_dataclass`; `choices`, when given, are
+    the only values it takes (checked when a checkpoint restores it, `meta_problem`)."""
+    metadata = {"static": True}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+# The annotations of static fields a restored value is checked against (others, such as
+# a Mesh, are not stored in checkpoints), and the Python types each admits.
+_ADMITS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+           "None": (type(None),)}
+
+
+def meta_problem(cls, meta: dict) -> str | None:
+    """What is wrong with static field values restored for `cls` (a checkpoint's
+    metadata, which no constructor checks), or None: each must be a declared static
+    field, of its annotated type (bool; int >= 0; finite float; str; None where the
+    annotation allows it), and one of the field's `choices` when it has them."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("static")}
+    for name, value in meta.items():
+        field = fields.get(name)
+        if field is None:
+            return f"{name!r} is not a configuration field of {cls.__name__}"
+        kinds = [t.strip() for t in str(field.type).split("|")]
+        if all(t in _ADMITS for t in kinds):
+            admitted = tuple(a for t in kinds for a in _ADMITS[t])
+            wrong_bool = isinstance(value, bool) and "bool" not in kinds
+            if wrong_bool or not isinstance(value, admitted) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and
+                    not (0 <= value < float("inf") if "int" in kinds else
+                         abs(value) < float("inf"))):
+                return f"{name}={value!r} is not a valid {field.type}"
+        choices = field.metadata.get("choices")
+        if choices is not None and value not in choices:
+            return f"{name}={value!r} is not one of {', '.join(map(repr, choices))}"
+    return None
 
 
 def pytree_dataclass(cls=None, *, data=None, meta=None):

@@ -144,6 +144,11 @@ def raise_for_status(status: int) -> None:
             "jann.reserve(index, n) before jitting")
 
 
+# How an index numbers its rows: in order of addition, or by the user's ids (kept unique
+# by "idmap2", as FAISS's IndexIDMap2).
+ID_MODES = ("sequential", "idmap", "idmap2")
+
+
 def id_mode_prefix(id_mode: str) -> str:
     """The factory-string prefix naming an id mode ("IDMap," for "idmap", ...)."""
     return {"sequential": "", "idmap": "IDMap,", "idmap2": "IDMap2,"}[id_mode]

@@ -98,7 +98,7 @@ class BinaryIVF(_storage.ListedRows, Index):
     count: jax.Array
     status: jax.Array
     n_added: jax.Array
-    id_mode: str = static("sequential")
+    id_mode: str = static("sequential", choices=_storage.ID_MODES)
     hash_bits: int = static(0)
     is_trained: bool = static(False)
     description: str = static("BIVF")

@@ -39,7 +39,8 @@ import numpy as np
 
 from jann.errors import CheckpointError
 from jann._inputs import outside_id_range
-from jann._pytree import PYTREE_TYPES
+from jann._orbax import checkpointer, quiet_failed_read_leftovers
+from jann._pytree import PYTREE_TYPES, meta_problem
 from jann.index import Index
 
 __all__ = ["save", "load", "serialize", "deserialize", "FORMAT_VERSION"]
@@ -109,6 +110,9 @@ def _from_state(tree, arrays):
     cls = types[tree["type"]]
     # a type whose fields changed completes those an older checkpoint lacks
     kwargs = getattr(cls, "restored_fields", dict)(kwargs)
+    problem = meta_problem(cls, {k: v for k, v in kwargs.items() if k in cls.META_FIELDS})
+    if problem:
+        raise CheckpointError(f"checkpoint metadata of {tree['type']}: {problem}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -308,11 +312,6 @@ def deserialize(data: bytes):
 
 
 # ---------------------------------------------------------------------------- disk
-def _checkpointer():
-    import orbax.checkpoint as ocp
-    return ocp.StandardCheckpointer()
-
-
 _VERSION_RE = re.compile(r"v\d{6,}")
 # What save writes besides versions, and so may delete: staging folders and LATEST's
 # temporary files (nothing else in the directory is touched).
@@ -395,9 +394,9 @@ def _save(path: str, config: dict, arrays: dict, primary: bool) -> str:
         _barrier("staging")
         stored = {name: a for name, a in arrays.items() if a.size}  # Orbax refuses 0-size
         if stored:
-            checkpointer = _checkpointer()
-            checkpointer.save(os.path.join(staging, "arrays"), stored)
-            checkpointer.wait_until_finished()
+            writer = checkpointer()
+            writer.save(os.path.join(staging, "arrays"), stored)
+            writer.wait_until_finished()
         if primary:
             with open(os.path.join(staging, "config.json"), "w") as f:
                 json.dump(_sealed(config), f, indent=1, sort_keys=True)
@@ -504,9 +503,9 @@ def _read_arrays(directory: str, config: dict, shardings: dict, where: str) -> d
             targets = {n: jax.ShapeDtypeStruct(tuple(specs[n]["shape"]),
                                                jnp.dtype(specs[n]["dtype"]),
                                                sharding=shardings[n]) for n in stored}
-            arrays.update(_checkpointer().restore(directory, targets))
+            arrays.update(checkpointer().restore(directory, targets))
         elif stored:
-            restored = _checkpointer().restore(directory)
+            restored = checkpointer().restore(directory)
             arrays.update({n: np.asarray(restored[n]) for n in stored})
         for name, spec in specs.items():
             if name not in arrays:
@@ -515,6 +514,7 @@ def _read_arrays(directory: str, config: dict, shardings: dict, where: str) -> d
     except CheckpointError:
         raise
     except Exception as exc:  # Orbax / tensorstore raise many types on corrupt data
+        quiet_failed_read_leftovers()
         raise CheckpointError(f"{where}: cannot read arrays ({type(exc).__name__}: {exc})"
                               ) from exc
     return arrays

@@ -24,8 +24,6 @@ from jann.ops import distances as dist_ops
 from jann.ops.knn import knn_search
 from jann.ops.range_search import range_scan
 
-ID_MODES = ("sequential", "idmap", "idmap2")
-
 
 @pytree_dataclass
 class FlatIndex(_storage.StatusWord, Index):
@@ -46,9 +44,9 @@ class FlatIndex(_storage.StatusWord, Index):
     count: jax.Array
     status: jax.Array
     id_order: jax.Array
-    metric: str = static("l2")
+    metric: str = static("l2", choices=dist_ops.METRICS)
     metric_arg: float = static(2.0)
-    id_mode: str = static("sequential")
+    id_mode: str = static("sequential", choices=_storage.ID_MODES)
 
     skips_padded_adds = True  # padded rows are writes that are dropped
 

@@ -3,6 +3,7 @@
 import json
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -227,6 +228,47 @@ def test_every_metadata_byte_flipped_is_caught_or_harmless(rng, tmp_path):
         jann.load(path)
 
 
+
+@pytest.mark.parametrize("description,field,value,named", [
+    ("Flat", "metric", 5, "metric=5"),
+    ("Flat", "metric", "l3", "metric='l3'"),
+    ("Flat", "id_mode", "idmap3", "id_mode='idmap3'"),
+    ("IVF4,SQ8", "is_trained", "yes", "is_trained='yes'"),
+    ("IVF4,SQ8", "by_residual", 1, "by_residual=1"),
+    ("IVF4,SQ8", "qtype", "SQ9", "qtype='SQ9'"),     # a nested object's (the codec's)
+    ("IVF4,PQ2x4", "nbits", -8, "nbits=-8"),
+    ("IVF4,PQ2x4", "M", 2.5, "M=2.5"),
+    ("HNSW4", "graph_degree", None, "graph_degree=None"),
+])
+def test_metadata_fields_are_checked_against_their_declaration(
+        rng, tmp_path, description, field, value, named):
+    """A checkpoint without a metadata checksum (as older ones are) is still checked
+    field by field: each configuration value has its declared type (ints >= 0) and is
+    one of the field's choices; anything else is a CheckpointError naming the field."""
+    xb = rng.standard_normal((200, 8)).astype(np.float32)
+    index = jann.add(jann.train(jann.index_factory(8, description), xb, key=0), xb)
+    path = tmp_path / "ckpt"
+    jann.save(index, path)
+    config_file = next(path.glob("v*/config.json"))
+    config = json.loads(config_file.read_text())
+    config.pop("sha256")
+    edited = []
+
+    def edit(tree):
+        if field in tree.get("meta", {}):
+            tree["meta"][field] = value
+            edited.append(field)
+        for child in tree.get("fields", {}).values():
+            if isinstance(child, dict) and "type" in child:
+                edit(child)
+
+    edit(config["index"])
+    assert edited
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(jann.CheckpointError, match=re.escape(named)):
+        jann.load(path)
+
+
 _SAVE_SHARDED_INT64 = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -249,3 +291,34 @@ def test_a_sharded_checkpoint_of_64_bit_ids_is_refused_without_x64(tmp_path):
                    check=True, capture_output=True, timeout=300)
     with pytest.raises(jann.CheckpointError, match="64-bit integers.*jax_enable_x64"):
         jann.load(path)
+
+
+_LOAD_A_CHECKPOINT_WITHOUT_ITS_DATA = """
+import glob, os, sys, time
+import numpy as np
+import jann
+x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+jann.save(jann.add(jann.index_factory(8, "HNSW8"), x), sys.argv[1])
+version = open(os.path.join(sys.argv[1], "LATEST")).read().strip()
+for f in glob.glob(os.path.join(sys.argv[1], version, "arrays", "ocdbt.process_0", "d", "*")):
+    os.remove(f)
+for _ in range(3):
+    try:
+        jann.load(sys.argv[1])
+    except jann.CheckpointError as exc:
+        print("refused:", str(exc)[:60], flush=True)
+time.sleep(1)
+"""
+
+
+def test_a_failed_read_prints_no_stray_tracebacks(tmp_path):
+    """Orbax reads in an event loop it closes when a read fails; the reads still in flight
+    then complete into the closed loop. The user holds a CheckpointError and must not get
+    'Event loop is closed' tracebacks on stderr besides (they came seconds later)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", _LOAD_A_CHECKPOINT_WITHOUT_ITS_DATA,
+                          str(tmp_path / "ckpt")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("refused: checkpoint") == 3
+    assert "Event loop is closed" not in out.stderr and "Traceback" not in out.stderr

@@ -59,8 +59,8 @@ class GraphIndex(GraphBuilding, GraphSearching, _storage.StatusWord, Index):
     n_added: jax.Array
     status: jax.Array
     rng: jax.Array
-    metric: str = static("l2")
-    id_mode: str = static("sequential")
+    metric: str = static("l2", choices=dist_ops.METRICS)
+    id_mode: str = static("sequential", choices=_storage.ID_MODES)
     graph_degree: int = static(64)
     intermediate_degree: int = static(128)
     binary: bool = static(False)

@@ -101,8 +101,8 @@ class IVFIndex(_storage.ListedRows, Index):
     count: jax.Array
     status: jax.Array
     n_added: jax.Array
-    metric: str = static("l2")
-    id_mode: str = static("sequential")
+    metric: str = static("l2", choices=dist_ops.METRICS)
+    id_mode: str = static("sequential", choices=_storage.ID_MODES)
     by_residual: bool = static(True)
     exhaustive: bool = static(False)
     is_trained: bool = static(False)

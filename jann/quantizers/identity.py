@@ -19,7 +19,7 @@ class IdentityCodec:
     """Stores vectors in `dtype`; no training."""
 
     d: int = static()
-    dtype: str = static("float32")
+    dtype: str = static("float32", choices=STORAGE_DTYPES)
     is_trained = True
 
     @classmethod

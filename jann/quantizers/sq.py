@@ -76,7 +76,7 @@ class ScalarQuantizer:
     vmin: jax.Array
     vdiff: jax.Array
     d: int = static()
-    qtype: str = static()
+    qtype: str = static(choices=QTYPES)
     is_trained: bool = static()
 
     # --- construction ----------------------------------------------------------------

@@ -54,7 +54,7 @@ class ShardedIndex(Index):
     mesh: Mesh = static()
     shard_axis: str | None = static(None)
     query_axis: str | None = static(None)
-    id_mode: str = static("sequential")
+    id_mode: str = static("sequential", choices=_storage.ID_MODES)
 
     # --- static description ------------------------------------------------------
     @property
