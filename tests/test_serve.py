@@ -511,3 +511,32 @@ def test_write_log_survives_a_failed_append_and_a_corrupt_tail(tmp_path, monkeyp
     assert records == 2
     np.testing.assert_array_equal(np.asarray(jann.reconstruct_n(replayed, 2, 2)),
                                   rows[[0, 2]])
+
+
+def test_the_write_that_doubles_capacity_finds_its_programs_compiled(
+        fmnist, tmp_path, compile_counter):
+    """Once the index is GROW_AHEAD_FILL full, the next capacity's warm searches and adds
+    of the batch sizes written compile in the background: the write that doubles the
+    capacity compiles nothing (it used to compile them all, seconds with every write
+    waiting), and serves the library's answers."""
+    from jann.serve import service as service_module
+    from jann.serve.config import ServeConfig
+    from jann.serve.runner import load_service
+    xb = fmnist["base"][:1000]
+    index = jann.shrink_to_fit(jann.add(jann.index_factory(xb.shape[1], "Flat"), xb[:300]))
+    jann.save(index, tmp_path / "ckpt")
+    service, _ = load_service(ServeConfig(str(tmp_path / "ckpt"), max_batch=16))
+    assert index.capacity == 512 and 300 >= service_module.GROW_AHEAD_FILL * 512
+    service._write("add", xb[300:400], None)               # 400 rows: a size seen
+    service._growing.result()
+    service._write("add", xb[400:500], None)
+    service._growing.result()                              # (the programs of 100 rows)
+    compile_counter.count = 0
+    answer = service._write("add", xb[500:600], None)      # 600 rows: capacity 1024
+    assert compile_counter.count == 0
+    grown = service.current.index
+    assert grown.capacity == 1024 and answer["ntotal"] == 600
+    want = jann.add(index, xb[300:600])
+    for a, b in zip(jann.search(grown, xb[:5], 4), jann.search(want, xb[:5], 4)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    service._grow_pool.shutdown(wait=True)

@@ -30,6 +30,7 @@ def load_service(config: ServeConfig) -> tuple[SearchService, dict]:
     index, replayed = log.replay(index)
     service = SearchService(index, config, version, log)
     seconds = service.warm(index)
+    service.grow_ahead(index)
     return service, {"checkpoint_version": version, "replayed": replayed, "warm_s": seconds}
 
 

@@ -22,6 +22,14 @@ from jann.serve.write_log import WriteLog, apply_write
 
 # Latency percentiles in /stats are over this many most recent requests per endpoint.
 LATENCY_WINDOW = 10_000
+# A write that takes the index past its capacity doubles it, and the searches of the new
+# shapes must compile before it is served: measured on the write path (2 cores), 4.9 s
+# on a 10k x 128 Flat and 12 s on IVF256,Flat at 20k rows, every write waiting. Once the
+# index is this full, a background thread compiles the next capacity's warm searches and
+# adds of the last GROW_AHEAD_ADD_SIZES batch sizes written instead (holding one grown
+# copy of the index meanwhile); the growing write then finds them compiled.
+GROW_AHEAD_FILL = 0.5
+GROW_AHEAD_ADD_SIZES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,10 @@ class SearchService:
         self._state = _Version(index, 0, jann.ntotal(index), checkpoint_version)
         self._search_pool = ThreadPoolExecutor(1, thread_name_prefix="jann-search")
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="jann-write")
+        self._grow_pool = ThreadPoolExecutor(1, thread_name_prefix="jann-grow")
+        self._growing = None
+        self._add_sizes: collections.deque[int] = collections.deque([1], GROW_AHEAD_ADD_SIZES)
+        self._grown_ahead: set = set()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_rows = 0
         self._arrived: asyncio.Event | None = None
@@ -127,6 +139,25 @@ class SearchService:
         self._warmed.add(signature)
         return time.perf_counter() - start
 
+    def grow_ahead(self, index) -> None:
+        """Once `index` is GROW_AHEAD_FILL full, compile in the background what the write
+        that doubles it will need (a no-op while such a compile runs or once done)."""
+        if (self._growing is not None and not self._growing.done()) or \
+                jann.ntotal(index) < GROW_AHEAD_FILL * index.capacity:
+            return
+        plan = (_signature(index), frozenset(self._add_sizes))
+        if plan not in self._grown_ahead:
+            self._grown_ahead.add(plan)
+            self._growing = self._grow_pool.submit(self._compile_grown, index, plan[1])
+
+    def _compile_grown(self, index, add_sizes) -> None:
+        grown = jann.reserve(index, index.capacity - jann.ntotal(index) + 1)
+        for n in add_sizes:
+            ids = None if grown.id_mode == "sequential" else np.arange(n) + 2**30
+            with contextlib.suppress(JannError):  # a taken id: the rest still compiles
+                apply_write(grown, "add", np.zeros((n, self.d), np.float32), ids)
+        self.warm(grown)
+
     # --- searches -------------------------------------------------------------------
     def start(self) -> None:
         """Start the batcher on the running event loop."""
@@ -140,6 +171,7 @@ class SearchService:
                 await self._batcher
         self._search_pool.shutdown(wait=True)
         self._write_pool.shutdown(wait=True)
+        self._grow_pool.shutdown(wait=True)
         jax.monitoring.unregister_event_duration_listener(self._on_jax_event)
 
     async def search(self, xq: np.ndarray, k: int, params: dict, selector=None):
@@ -249,12 +281,17 @@ class SearchService:
 
     def _write(self, op, vectors, ids) -> dict:
         state = self.current
+        if op == "add" and vectors.shape[0] not in self._add_sizes:
+            self._add_sizes.append(vectors.shape[0])
         index, info = apply_write(state.index, op, vectors, ids)
         if info.get("removed", info.get("added")) == 0:  # nothing changed: nothing to log
             return {**info, "version": state.version, "ntotal": state.ntotal, "durable": True}
+        if self._growing is not None and _signature(index) not in self._warmed:
+            self._growing.exception()         # wait: these shapes may be compiling already
         self.warm(index)                      # compile off the request path, before the swap
         self._log.append(op, vectors, ids)
         new = self._publish(index)
+        self.grow_ahead(index)
         return {**info, "version": new.version, "ntotal": new.ntotal, "durable": True}
 
     async def snapshot(self) -> dict:
