@@ -23,8 +23,8 @@ from jann.serve.write_log import WriteLog, apply_write
 # Latency percentiles in /stats are over this many most recent requests per endpoint.
 LATENCY_WINDOW = 10_000
 # A write that takes the index past its capacity doubles it, and the searches of the new
-# shapes must compile before it is served: measured on the write path (2 cores), 4.9 s
-# on a 10k x 128 Flat and 12 s on IVF256,Flat at 20k rows, every write waiting. Once the
+# shapes must compile before it is served: 5.6 s on a 10k x 128 Flat and 11.5 s on
+# IVF256,Flat at 20k rows (2 cores, benchmarks/serve_growth.py), every write waiting. Once the
 # index is this full, a background thread compiles the next capacity's warm searches and
 # adds of the last GROW_AHEAD_ADD_SIZES batch sizes written instead (holding one grown
 # copy of the index meanwhile); the growing write then finds them compiled.
