@@ -339,7 +339,11 @@ def write_markdown_and_plot(results: dict, json_path: Path, markdown, plot) -> s
     the JSON; returns the Markdown."""
     md = markdown(results)
     json_path.with_suffix(".md").write_text(md)
-    plot(results, json_path.with_suffix(".png"))
+    try:
+        plot(results, json_path.with_suffix(".png"))
+    except ModuleNotFoundError as exc:  # the figures are the bench extra's, not the core's
+        print(f"no {json_path.with_suffix('.png').name}: {exc.name} is not installed "
+              "(pip install \".[bench]\")", file=sys.stderr)
     return md
 
 
