@@ -11,6 +11,7 @@ pickle.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 
@@ -27,30 +28,33 @@ def static(default=dataclasses.MISSING, *, choices=None, **kwargs):
 
 
 # The annotations of static fields a restored value is checked against (others, such as
-# a Mesh, are not stored in checkpoints), and the Python types each admits.
-_ADMITS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
-           "None": (type(None),)}
+# a Mesh, are not stored in checkpoints).
+_CHECKED_TYPES = frozenset({"bool", "int", "float", "str", "None"})
+
+
+def _admitted(value, kinds: list[str]) -> bool:
+    """Whether value is of one of the annotated kinds: bool; int >= 0; a finite float (or
+    an int) for float; str; None."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return type(value).__name__.replace("NoneType", "None") in kinds
+    if isinstance(value, int):
+        return ("int" in kinds and value >= 0) or "float" in kinds
+    return isinstance(value, float) and "float" in kinds and math.isfinite(value)
 
 
 def meta_problem(cls, meta: dict) -> str | None:
     """What is wrong with static field values restored for `cls` (a checkpoint's
     metadata, which no constructor checks), or None: each must be a declared static
-    field, of its annotated type (bool; int >= 0; finite float; str; None where the
-    annotation allows it), and one of the field's `choices` when it has them."""
+    field, of its annotated type (`_admitted`), and one of the field's `choices` when it
+    has them."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("static")}
     for name, value in meta.items():
         field = fields.get(name)
         if field is None:
             return f"{name!r} is not a configuration field of {cls.__name__}"
         kinds = [t.strip() for t in str(field.type).split("|")]
-        if all(t in _ADMITS for t in kinds):
-            admitted = tuple(a for t in kinds for a in _ADMITS[t])
-            wrong_bool = isinstance(value, bool) and "bool" not in kinds
-            if wrong_bool or not isinstance(value, admitted) or (
-                    isinstance(value, (int, float)) and not isinstance(value, bool) and
-                    not (0 <= value < float("inf") if "int" in kinds else
-                         abs(value) < float("inf"))):
-                return f"{name}={value!r} is not a valid {field.type}"
+        if set(kinds) <= _CHECKED_TYPES and not _admitted(value, kinds):
+            return f"{name}={value!r} is not a valid {field.type}"
         choices = field.metadata.get("choices")
         if choices is not None and value not in choices:
             return f"{name}={value!r} is not one of {', '.join(map(repr, choices))}"
