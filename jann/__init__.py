@@ -40,45 +40,51 @@ def _map_ops_of_the_source_tree() -> None:
 
 _map_ops_of_the_source_tree()
 
-from jann import config, ops, quantizers, transforms
-from jann._pytree import pytree_dataclass, static
-from jann.index import Index
-from jann.facade import IndexHandle, read_index, write_index
-from jann.api import (
-    add, add_preassigned, check, clear_status, ntotal, reconstruct, reconstruct_n,
-    remove_ids, reserve, search, shrink_to_fit, stack, train)
-from jann.emptying import reset
-from jann.ranges import RangeResult, range_search, range_search_padded
-from jann.inverted import merge_from, search_preassigned
-from jann.compose import PreTransformIndex, RefineIndex
-from jann.ivf import IVFIndex
-from jann.lsh import BinaryCodeStore, LSHTransform
-from jann import graph
-from jann.graph import GraphIndex
-from jann.binary import BinaryFlat, BinaryIVF
-from jann.ops.hamming import hamming_distances, knn_hamming, pack_bits, unpack_bits
-from jann.quantizers import (
-    IdentityCodec, OPQMatrix, ProductQuantizer, ProductResidualQuantizer, ResidualQuantizer,
-    ScalarQuantizer)
-from jann.transforms import Chain, ITQMatrix, ITQTransform, PCAMatrix, RandomRotationMatrix
-from jann.linear import LinearTransform
-from jann.kmeans import Kmeans, kmeans
-from jann.autotune import AutotuneResult, OperatingPoint, autotune, search_parameter_space
-from jann.checkpoint import deserialize, load, save, serialize
-from jann import sharding
-from jann.sharding import ShardedIndex, replicate, shard, to_devices, unshard
-from jann.errors import (
-    CapacityOverflowError, CheckpointError, DuplicateIdError, FactoryStringError,
-    FileFormatError, IdNotFoundError, InvalidDtypeError, InvalidInputError, JannError,
-    NotTrainedError, UnknownMetricError, UnsupportedBackendError)
-from jann.factory import index_factory
-from jann.faiss_files import read_faiss, write_faiss
-from jann.flat import FlatIndex
-from jann.ops import (
-    bucket_sort, kmax, kmin, knn, merge_knn_results, normalize_L2, pairwise_distances)
-from jann.selectors import (
-    IDSelector, IDSelectorAll, IDSelectorAnd, IDSelectorArray, IDSelectorBatch,
-    IDSelectorBitmap, IDSelectorNot, IDSelectorOr, IDSelectorRange, IDSelectorXOr)
+from jann.ops.namespace import lazy_namespace  # noqa: E402
+
+
+# What `import jann` offers, imported on first use (`jann.ops.namespace`): `import jann`
+# itself imports no jax.
+_SUBMODULES = ("config", "ops", "quantizers", "transforms", "graph", "sharding")
+_PUBLIC = {
+    "jann._pytree": ("pytree_dataclass", "static"),
+    "jann.index": ("Index",),
+    "jann.facade": ("IndexHandle", "read_index", "write_index"),
+    "jann.api": ("add", "add_preassigned", "check", "clear_status", "ntotal", "reconstruct",
+                 "reconstruct_n", "remove_ids", "reserve", "search", "shrink_to_fit", "stack",
+                 "train"),
+    "jann.emptying": ("reset",),
+    "jann.ranges": ("RangeResult", "range_search", "range_search_padded"),
+    "jann.inverted": ("merge_from", "search_preassigned"),
+    "jann.compose": ("PreTransformIndex", "RefineIndex"),
+    "jann.ivf": ("IVFIndex",),
+    "jann.lsh": ("BinaryCodeStore", "LSHTransform"),
+    "jann.graph": ("GraphIndex",),
+    "jann.binary": ("BinaryFlat", "BinaryIVF"),
+    "jann.ops.hamming": ("hamming_distances", "knn_hamming", "pack_bits", "unpack_bits"),
+    "jann.quantizers": ("IdentityCodec", "OPQMatrix", "ProductQuantizer",
+                        "ProductResidualQuantizer", "ResidualQuantizer", "ScalarQuantizer"),
+    "jann.transforms": ("Chain", "ITQMatrix", "ITQTransform", "PCAMatrix",
+                        "RandomRotationMatrix"),
+    "jann.linear": ("LinearTransform",),
+    "jann.kmeans": ("Kmeans", "kmeans"),
+    "jann.autotune": ("AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space"),
+    "jann.checkpoint": ("deserialize", "load", "save", "serialize"),
+    "jann.sharding": ("ShardedIndex", "replicate", "shard", "to_devices", "unshard"),
+    "jann.errors": ("CapacityOverflowError", "CheckpointError", "DuplicateIdError",
+                    "FactoryStringError", "FileFormatError", "IdNotFoundError",
+                    "InvalidDtypeError", "InvalidInputError", "JannError", "NotTrainedError",
+                    "UnknownMetricError", "UnsupportedBackendError"),
+    "jann.factory": ("index_factory",),
+    "jann.faiss_files": ("read_faiss", "write_faiss"),
+    "jann.flat": ("FlatIndex",),
+    "jann.ops": ("bucket_sort", "kmax", "kmin", "knn", "merge_knn_results", "normalize_L2",
+                 "pairwise_distances"),
+    "jann.selectors": ("IDSelector", "IDSelectorAll", "IDSelectorAnd", "IDSelectorArray",
+                       "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot", "IDSelectorOr",
+                       "IDSelectorRange", "IDSelectorXOr"),
+}
+lazy_namespace(globals(), _PUBLIC, _SUBMODULES)
 
 __version__ = "0.1.0"
 

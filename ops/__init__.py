@@ -10,20 +10,20 @@ running top-k the kernels share). Shared modules: `backend` (the `backend=` swit
 `codes` (packed sub-codes), `distances`, `errors`, `sorting`, `range_search`,
 `projection`."""
 
-from .distances import (
-    METRICS,
-    canonical_metric,
-    is_similarity,
-    normalize_L2,
-    pairwise_distances,
-    pairwise_distances_reference,
-    pairwise_scores,
-    squared_norms,
-)
-from .knn import knn, knn_reference, knn_scan
-from .range_search import range_scan
-from .sorting import bucket_sort
-from .topk import check_k, kmax, kmin, merge_knn_results, smallest_k
+from .namespace import lazy_namespace
+
+
+# The public ops, imported on first use (`namespace`): `import jann.ops` imports no jax.
+_PUBLIC = {
+    ".distances": ("METRICS", "canonical_metric", "is_similarity", "normalize_L2",
+                   "pairwise_distances", "pairwise_distances_reference", "pairwise_scores",
+                   "squared_norms"),
+    ".knn": ("knn", "knn_reference", "knn_scan"),
+    ".range_search": ("range_scan",),
+    ".sorting": ("bucket_sort",),
+    ".topk": ("check_k", "kmax", "kmin", "merge_knn_results", "smallest_k"),
+}
+lazy_namespace(globals(), _PUBLIC)
 
 __all__ = [
     "METRICS", "bucket_sort", "canonical_metric", "check_k", "is_similarity", "kmax", "kmin",

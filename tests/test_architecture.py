@@ -193,3 +193,15 @@ def test_no_module_is_too_long_to_read():
     long = {name: n for name, path in _modules().items()
             if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_import_jann_and_the_client_import_no_jax():
+    """`import jann` and `jann.client` (standard library and numpy) load without jax, so a
+    client process starts in a tenth of a second; jann's names import on first use."""
+    code = ("import sys, jann.client, jann\n"
+            "assert 'jax' not in sys.modules, 'jax was imported'\n"
+            "assert callable(jann.search) and 'jax' in sys.modules\n"
+            "assert set(jann.__all__) <= set(dir(jann))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
