@@ -87,26 +87,3 @@ _PUBLIC = {
 lazy_namespace(globals(), _PUBLIC, _SUBMODULES)
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "CapacityOverflowError", "CheckpointError", "DuplicateIdError", "FactoryStringError",
-    "FileFormatError", "FlatIndex", "IDSelector", "IDSelectorAll", "IDSelectorAnd",
-    "IDSelectorArray", "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot",
-    "IDSelectorOr", "IDSelectorRange", "IDSelectorXOr", "IdNotFoundError",
-    "InvalidDtypeError", "InvalidInputError", "JannError", "NotTrainedError", "RangeResult",
-    "UnknownMetricError", "add", "bucket_sort", "check", "clear_status", "deserialize",
-    "index_factory", "kmax", "kmin", "knn", "load", "merge_knn_results", "normalize_L2", "ntotal", "ops",
-    "pairwise_distances", "range_search", "range_search_padded", "reconstruct",
-    "reconstruct_n", "remove_ids", "reserve", "reset", "save", "search", "serialize", "stack",
-    "train", "add_preassigned", "search_preassigned", "merge_from", "shrink_to_fit",
-    "IVFIndex", "PreTransformIndex", "RefineIndex", "Kmeans", "kmeans", "quantizers",
-    "transforms", "BinaryCodeStore", "LSHTransform", "hamming_distances", "knn_hamming",
-    "pack_bits", "unpack_bits", "IdentityCodec", "OPQMatrix", "ProductQuantizer",
-    "ProductResidualQuantizer", "ResidualQuantizer", "ScalarQuantizer", "Chain", "ITQMatrix",
-    "ITQTransform", "LinearTransform", "PCAMatrix", "RandomRotationMatrix",
-    "ShardedIndex", "replicate", "shard", "sharding", "to_devices", "unshard",
-    "AutotuneResult", "OperatingPoint", "autotune", "search_parameter_space",
-    "graph", "GraphIndex", "BinaryFlat", "BinaryIVF", "config", "UnsupportedBackendError",
-    "Index", "pytree_dataclass", "static", "read_faiss", "write_faiss", "read_index",
-    "write_index", "IndexHandle",
-]

@@ -63,19 +63,24 @@ def _jsonable_matrix(x, name: str) -> list:
     return a.astype(np.float32).tolist()
 
 
+def _selectors():
+    """jann.selectors if it is imported (whoever made a jann selector imported it, and
+    jax with it; the client alone does not), else None."""
+    return sys.modules.get("jann.selectors")
+
+
 def _filter(selector) -> dict | None:
     """A selector as the request's "filter" (ids or a range; other selectors refused)."""
     if selector is None:
         return None
-    if isinstance(selector, (list, tuple, np.ndarray)):
-        return {"ids": np.asarray(selector, np.int64).reshape(-1).tolist()}
-    # a jann selector was made with jann.selectors (and jax) already imported
-    from jann.selectors import IDSelectorBatch, IDSelectorRange
-    if isinstance(selector, IDSelectorBatch):
+    selectors = _selectors()
+    if selectors and isinstance(selector, selectors.IDSelectorBatch):
         ids = np.asarray(selector.sorted_ids)[: int(selector.size)]
         return {"ids": ids.astype(np.int64).tolist()}
-    if isinstance(selector, IDSelectorRange):
+    if selectors and isinstance(selector, selectors.IDSelectorRange):
         return {"range": [int(selector.imin), int(selector.imax)]}
+    if isinstance(selector, (list, tuple, np.ndarray)):
+        return {"ids": np.asarray(selector, np.int64).reshape(-1).tolist()}
     raise InvalidInputError(
         "the server filters by jann.IDSelectorBatch / IDSelectorArray, IDSelectorRange or "
         f"a list of ids; got {type(selector).__name__}")
@@ -183,8 +188,9 @@ class Client:
 
     def remove(self, ids) -> int:
         """Remove the given ids (or an IDSelectorBatch); returns the number removed."""
-        is_list = isinstance(ids, (list, tuple, np.ndarray, int, np.integer))
-        chosen = _filter(list(np.ravel(ids)) if is_list else ids)
+        selectors = _selectors()
+        batch = selectors and isinstance(ids, selectors.IDSelectorBatch)
+        chosen = _filter(ids if batch else list(np.ravel(ids)))
         if "ids" not in chosen:
             raise InvalidInputError("remove takes a list of ids or an IDSelectorBatch")
         return self._request("POST", "/remove", {"ids": chosen["ids"]})["removed"]

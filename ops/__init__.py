@@ -24,10 +24,3 @@ _PUBLIC = {
     ".topk": ("check_k", "kmax", "kmin", "merge_knn_results", "smallest_k"),
 }
 lazy_namespace(globals(), _PUBLIC)
-
-__all__ = [
-    "METRICS", "bucket_sort", "canonical_metric", "check_k", "is_similarity", "kmax", "kmin",
-    "knn", "knn_reference", "knn_scan", "merge_knn_results", "normalize_L2",
-    "pairwise_distances", "pairwise_distances_reference", "pairwise_scores", "range_scan",
-    "smallest_k", "squared_norms",
-]

@@ -17,8 +17,8 @@ __all__ = ["lazy_namespace"]
 def lazy_namespace(namespace: dict, public: dict[str, tuple[str, ...]],
                    submodules: tuple[str, ...] = ()) -> None:
     """Give the package whose globals are `namespace` a `__getattr__` that, on the first
-    missing name, imports its `submodules` and the `public` names ({module: names}), and
-    a `__dir__` listing them."""
+    missing name, imports its `submodules` and the `public` names ({module: names}), a
+    `__dir__` listing them, and `__all__`: those names."""
     state = {"loading": False, "loaded": False}
     package = namespace["__name__"]
 
@@ -30,6 +30,7 @@ def lazy_namespace(namespace: dict, public: dict[str, tuple[str, ...]],
         return names
 
     public_names = {name for names in public.values() for name in names} | set(submodules)
+    namespace["__all__"] = sorted(public_names)
 
     def __getattr__(name: str):
         if name in public_names and not (state["loading"] or state["loaded"]):

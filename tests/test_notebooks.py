@@ -1,9 +1,9 @@
 """Every notebook runs top to bottom, and is stored with the outputs of such a run (so a
 reader sees the figures without running it): executed in order, no error among them.
 
-Cells run in one namespace, in order, as a kernel would; shell lines (`!pip ...`, the
-Colab install cell) and IPython magics are skipped, since the package under test is
-already installed. Plots go to matplotlib's non-interactive backend.
+Cells run in one namespace, in order, as a kernel would (the install cell finds jann
+installed and says so); shell lines (`!...`) and IPython magics are skipped. Plots go
+to matplotlib's non-interactive backend.
 
 A notebook that sets XLA_FLAGS (03_scale simulates 8 CPU devices) runs in a fresh Python
 process instead: jax reads the flag only when it starts, and this process has already

@@ -13,7 +13,3 @@ _PUBLIC = {
     "jann.quantizers.sq": ("QTYPES", "ScalarQuantizer"),
 }
 lazy_namespace(globals(), _PUBLIC)
-
-__all__ = ["IdentityCodec", "OPQMatrix", "ProductQuantizer", "ProductResidualQuantizer",
-           "QTYPES", "ResidualQuantizer", "ScalarQuantizer", "adc_lookup", "pack_codes",
-           "unpack_codes"]
