@@ -14,8 +14,17 @@ first --train rows; N at most the set's size less the rows to add, so "1000000" 
 - "donate": `ix = jann.add(ix, row, donate=True)` (its buffers handed over, updated in
   place; the checks, padding and capacity growth of `jann.add` kept);
 - "jit":    `add = jax.jit(jann.add, donate_argnums=0)` after `jann.reserve(ix, adds)`,
-  one compiled call per row (no host-side checks).
+  one compiled call per row (no host-side checks);
+- "facade": `ix.add(row)` on `jann.Index(state)`, which checks the row and stages it on
+  the host; the staged rows are written by one `jann.add` at the next read ("facade
+  flush ms": `ix.ntotal` after the --adds rows, timed apart; "facade per row" is the
+  mean of the adds plus that flush over the rows).
 Each row's result is waited for (block_until_ready) before the next add.
+
+An IVF index keeps up to T recent rows unsorted (its tail, `jann.ivf.tail`) and merges
+them into its sorted lists on the add that would overflow it: that add ("merge ms") is
+timed apart, and "amortized ms" = ((T - 1) x jit median + merge) / T is the mean cost of
+a long stream of jitted 1-row adds.
 
 Writes <out>/streaming-add.json, .md and .png.
 """
@@ -55,7 +64,7 @@ def _median_ms(step, rows: np.ndarray, warmup: int) -> float:
 
 
 def _jann_times(jax, jann, index, new_rows, warmup) -> dict:
-    out = {}
+    out = _facade_times(jax, jann, jax.tree.map(lambda a: a.copy(), index), new_rows, warmup)
     state = {"ix": jann.reserve(index, 3 * len(new_rows))}
 
     def copy(row):
@@ -75,7 +84,48 @@ def _jann_times(jax, jann, index, new_rows, warmup) -> dict:
     expected = jann.ntotal(index) + 3 * len(new_rows)
     if jann.ntotal(state["ix"]) != expected:
         raise AssertionError(f"jann holds {jann.ntotal(state['ix'])} rows, not {expected}")
+    out.update(_merge_times(jax, jann, state["ix"], compiled, new_rows[0][None], out["jit"]))
     return out
+
+
+def _facade_times(jax, jann, index, new_rows, warmup) -> dict:
+    """Single-row adds through the object facade (staged), and the write at the next read."""
+    ix = jann.Index(jann.reserve(index, 2 * len(new_rows)))
+    for round_ in range(2):  # the first round compiles the flush's add program
+        times = []
+        for row in new_rows:
+            start = time.perf_counter()
+            ix.add(row[None])
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        jax.block_until_ready(ix.state)
+        flush = time.perf_counter() - start
+    return {"facade": 1e3 * statistics.median(times[warmup:]), "facade_flush": 1e3 * flush,
+            "facade_per_row": 1e3 * (sum(times) + flush) / len(times)}
+
+
+def _tail_size(index) -> int:
+    """Rows an IVF index keeps unsorted before a merge (0: none, or not IVF)."""
+    from jann.ivf.tail import tail_size  # after the thread limits are set
+    return tail_size(index) if hasattr(index, "tail_lists") else 0
+
+
+def _merge_times(jax, jann, index, compiled, row, jit_ms) -> dict:
+    """The add that overflows an IVF index's tail (it merges every row), and the mean
+    cost per row of a stream of adds that pays it once per tail size."""
+    size = _tail_size(index)
+    if not size:
+        return {"amortized": jit_ms}
+    index = jann.reserve(index, size + 2)
+    for _ in range(size - (int(index.count) - int(index.offsets[-1]))):  # fill the tail
+        index = compiled(index, row)
+    jax.block_until_ready(compiled(jax.tree.map(lambda a: a.copy(), index), row))
+    start = time.perf_counter()
+    index = jax.block_until_ready(compiled(index, row))
+    merge_ms = 1e3 * (time.perf_counter() - start)
+    if int(index.count) != int(index.offsets[-1]):
+        raise AssertionError("the add past a full tail did not merge it")
+    return {"merge": merge_ms, "amortized": ((size - 1) * jit_ms + merge_ms) / size}
 
 
 def _peer(spec: str, x: np.ndarray, n: int, train: int, faiss, hnswlib):
@@ -106,7 +156,9 @@ def bench(spec: str, n: int, x: np.ndarray, args, jax, jann, faiss, hnswlib) -> 
     ours = _jann_times(jax, jann, index, new_rows, args.warmup)
     peer, add_one = _peer(spec, x, n, train, faiss, hnswlib)
     theirs = _median_ms(add_one, new_rows, args.warmup)
+    tail_rows = _tail_size(index)
     row = {"index": spec, "n": n, "peer": peer, "peer_ms": theirs, "jann_build_s": build_s,
+           "tail_rows": tail_rows,
            **{f"jann_{k}_ms": v for k, v in ours.items()},
            **{f"ratio_{k}": v / theirs for k, v in ours.items()}}
     print(json.dumps(row), flush=True)
@@ -115,13 +167,18 @@ def bench(spec: str, n: int, x: np.ndarray, args, jax, jann, faiss, hnswlib) -> 
 
 def markdown(results: dict) -> str:
     rows = [[r["index"], r["n"], r["peer"], r["peer_ms"], r["jann_copy_ms"],
-             r["jann_donate_ms"], r["jann_jit_ms"], r["ratio_donate"], r["ratio_jit"]]
+             r["jann_donate_ms"], r["jann_jit_ms"], r["jann_amortized_ms"],
+             r["jann_facade_ms"], r["jann_facade_per_row_ms"], r["ratio_jit"],
+             r["ratio_amortized"], r["ratio_facade"], r["ratio_facade_per_row"]]
             for r in results["runs"]]
     return ("# Streaming adds: one row per call (median ms)\n\n"
             f"{results['dataset']}, {results['threads']['requested']} threads, "
             f"{results['machine'].get('cpu', '')}\n\n" + _common.markdown_table(
-                ["index", "N", "peer", "peer ms", "jann copy ms", "jann donate ms",
-                 "jann jit ms", "donate / peer", "jit / peer"], rows) + "\n")
+                ["index", "N", "peer", "peer ms", "copy ms", "donate ms", "jit ms",
+                 "jit amortized ms", "facade ms", "facade per row ms", "jit / peer",
+                 "jit amortized / peer", "facade / peer", "facade per row / peer"], rows)
+            + "\n\njit amortized: with the merge of a full IVF tail (once per tail size); "
+            "facade per row: the adds plus the write at the next read, over the rows.\n")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -206,7 +206,7 @@ def _add(index, x, ids, lists, donate=False):
         chunk_lists = None if lists is None else batching.pad_rows(
             np.asarray(lists[start:stop], np.int32), bucket)
         index = step(index, batching.pad_rows(x[start:stop], bucket),
-                     jnp.int32(rows), chunk_ids, chunk_lists)
+                     np.int32(rows), chunk_ids, chunk_lists)
         refused = _storage.host_int(index.status) & ~status_before
         if refused:
             try:

@@ -62,6 +62,8 @@ class BinaryFlat(BinaryCodeStore):
     def describe(self) -> str:
         return super().describe() + "BFlat"
 
+    takes_float_vectors = False
+
     def as_input(self, x, name):
         return as_binary_codes(x, self.d, name)
 
@@ -129,6 +131,8 @@ class BinaryIVF(_storage.ListedRows, Index):
     @property
     def d(self) -> int:
         return 8 * self.payload.shape[1]
+
+    takes_float_vectors = False
 
     def as_input(self, x, name):
         return as_binary_codes(x, self.d, name)

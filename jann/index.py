@@ -67,11 +67,14 @@ class Index:
         API pads every chunk of a large add to one bucket (one compiled program).
     inverted_lists: the index stores rows in inverted lists and has the
         `INVERTED_LIST_MEMBERS`; `add_core` takes `lists=`.
+    takes_float_vectors: `as_input` takes any (n, d) float32 array as it is (False for
+        the binary indexes, which take packed codes).
     """
 
     skips_padded_queries: ClassVar[bool] = False
     skips_padded_adds: ClassVar[bool] = False
     inverted_lists: ClassVar[bool] = False
+    takes_float_vectors: ClassVar[bool] = True
 
     # Required members, as annotations (a dataclass field or a property may provide each).
     d: int

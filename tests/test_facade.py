@@ -100,9 +100,68 @@ def test_mutation_donates_the_old_state(data):
     ix = jann.Index(xb.shape[1], "Flat")
     ix.add(xb[:100])
     old = ix.state
-    ix.add(xb[100:110])
-    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.vectors))
+    ix.add(xb[100:110])  # staged: written (donating) at the next read
     assert ix.ntotal == 110
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.vectors))
+
+
+@pytest.mark.parametrize("description", ["Flat", "IVF16,Flat", "IDMap,HNSW16"])
+def test_small_adds_are_staged_and_every_read_sees_them(description, data):
+    xb, xq = data
+    ix = jann.Index(xb.shape[1], description)
+    ix.train(xb[:2000])
+    user_ids = description.startswith("IDMap")
+
+    def add(start, stop):
+        if user_ids:
+            ix.add_with_ids(xb[start:stop], np.arange(start, stop) + 7)
+        else:
+            ix.add(xb[start:stop])
+
+    add(0, 1000)  # written at once (more than STAGED_ADD_ROWS rows)
+    for i in range(1000, 1040):
+        add(i, i + 1)
+    add(1040, 1050)
+    assert len(ix._staged) == 41
+    add(1050, 1200)  # a large add writes the staged rows first, in order
+    assert not ix._staged and ix.ntotal == 1200
+    for i in range(1200, 1210):
+        add(i, i + 1)
+    assert ix.ntotal == 1210 and not ix._staged
+    ref = jann.train(jann.index_factory(xb.shape[1], description), xb[:2000])
+    ref = jann.add(ref, xb[:1210], np.arange(1210) + 7 if user_ids else None)
+    np.testing.assert_array_equal(ix.search(xq, K)[1], np.asarray(jann.search(ref, xq, K)[1]))
+    for i in range(1210, 1215):
+        add(i, i + 1)
+    np.testing.assert_allclose(ix.reconstruct(1214 + (7 if user_ids else 0)), xb[1214],
+                               rtol=1e-6)
+    assert ix.remove_ids(jann.IDSelectorRange(0, 5000)) == 1215
+
+
+def test_a_staged_add_is_checked_at_once_and_loses_nothing(data):
+    xb, _ = data
+    ix = jann.Index(xb.shape[1], "Flat")
+    ix.add(xb[:10])
+    ix.add(xb[10:11])
+    bad = xb[11:12].copy()
+    bad[0, 3] = np.nan
+    with pytest.raises(jann.InvalidInputError, match="NaN"):
+        ix.add(bad)
+    with pytest.raises(jann.InvalidInputError, match="dimension"):
+        ix.add(xb[11:12, :5])
+    row = xb[11:12].copy()
+    ix.add(row)
+    row[:] = 0.0  # the caller reuses its buffer: the staged row is a copy
+    assert ix.ntotal == 12
+    np.testing.assert_array_equal(ix.reconstruct(11), xb[11])
+    strict = jann.Index(xb.shape[1], "IDMap2,Flat")
+    strict.add_with_ids(xb[:3], np.arange(3))
+    with pytest.raises(jann.DuplicateIdError):  # IDMap2: written (and refused) at once
+        strict.add_with_ids(xb[3:4], [1])
+    assert strict.ntotal == 3
+    ix.add(xb[12:13])
+    ix.state = jann.index_factory(xb.shape[1], "Flat")  # replaces rows staged for the old
+    assert ix.ntotal == 0
 
 
 def test_bad_attributes_and_values_are_refused_by_name():

@@ -244,3 +244,35 @@ def test_bad_input(fmnist):
         jann.index_factory(16, "CAGRA16_8")  # intermediate < degree
     with pytest.raises(jann.InvalidInputError):
         jann.range_search(small, xb[:2], 1.0)
+
+
+def test_streamed_single_row_adds_link_locally(fmnist, compile_counter, monkeypatch):
+    """Adds of a few rows rewrite only the lists they touch (jann.graph.edges.
+    local_reverse_edges): each row is found, recall matches the graph built in one add,
+    reachability is restored every REPAIR_PERIOD rows, and the jitted add compiles once."""
+    monkeypatch.setattr(jann.graph.building, "REPAIR_PERIOD", 400)
+    jax.clear_caches()
+    try:
+        xb, xq = fmnist["base"][:2400], fmnist["queries"][:100]
+        index = jann.add(jann.index_factory(xb.shape[1], "HNSW8"), xb[:2000])
+        index = jann.reserve(index, 400)
+        add = jax.jit(jann.add, donate_argnums=0)
+        index = add(index, xb[2000:2001])
+        before = compile_counter.count
+        for i in range(2001, 2400):
+            index = add(index, xb[i:i + 1])
+        assert compile_counter.count == before
+        jann.check(index)
+        assert all_reachable(index)  # the repair ran at row 2400
+        pointed = np.zeros(2400, bool)
+        nb = np.asarray(index.neighbors)[:2400]
+        pointed[nb[nb >= 0]] = True
+        assert pointed[2000:].all()  # every streamed row got an in-edge
+        _, gt = exact_knn(xq, xb, K)
+        streamed = recall(jann.search(index, xq, K, ef=64)[1], gt)
+        at_once = jann.add(jann.index_factory(xb.shape[1], "HNSW8"), xb)
+        assert streamed >= recall(jann.search(at_once, xq, K, ef=64)[1], gt) - 0.02
+        _, own = jann.search(index, xb[2000:2400:10], 1, ef=64)
+        assert np.mean(np.asarray(own)[:, 0] == np.arange(2000, 2400, 10)) >= 0.95
+    finally:
+        jax.clear_caches()

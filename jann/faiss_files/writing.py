@@ -172,6 +172,7 @@ def _write_ivf(w: Writer, index):
     kind = _codec_kind(index)
     if not isinstance(index.quantizer, FlatIndex):
         _refuse(index, "its coarse quantizer is a graph")
+    index = index.flushed()  # FAISS's lists hold every row
     count = int(index.count)
     offsets = np.asarray(index.offsets, np.int64)
     ids = np.asarray(index.ids)[:count].astype(np.int64)

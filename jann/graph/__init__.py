@@ -31,6 +31,11 @@ Build (every `add`, from empty or not; no separate build step):
    cannot reach gets an in-edge from the first reachable row of its own list (or any
    reachable row), written into a tail slot; repeated until every row is reachable
    (at most `REPAIR_ROUNDS` rounds; the tests check the result).
+A small add (its new edges reach at most `LOCAL_LINK_SHARE` of the rows: streaming)
+does steps 3-4 locally: only the lists its new edges point to are rewritten, a new row
+none of whose proposals was taken gets an in-edge from its first neighbour, and the
+repair of step 4 runs once per `REPAIR_PERIOD` rows, or at once when a dropped edge
+left a row with no in-edge.
 
 Search: `ef` (alias `efSearch`, CAGRA's itopk) candidates per query, sorted. Each query
 starts from the ef nearest of a shared set of start rows ("nearest", the default: the
@@ -74,13 +79,15 @@ from jann.graph.index import GraphIndex
 from jann.graph.maintenance import build, compact, emptied, live_rows
 from jann.graph.settings import (
     CPU_QUERY_BLOCK, DEFAULT_EF, DEFAULT_WIDTH, EF_VALUES, ENTRIES, ENTRY_POINTS,
-    ENTRY_SAMPLE, EXACT_BUILD_MAX, INITIAL_QUERY_BLOCK, INSERT_BATCH, MAX_QUERY_BLOCK,
-    PROJECTION_DIMS, PROJECTION_MIN_D, PROJECTION_MIN_ENERGY, PROJECTION_MIN_QUERIES,
-    PROJECTION_POOL, PRUNE_BYTES, REPAIR_ROUNDS, RERANK_QUERY_BLOCK, SEARCH_BLOCK_BYTES)
+    ENTRY_SAMPLE, EXACT_BUILD_MAX, INITIAL_QUERY_BLOCK, INSERT_BATCH, LOCAL_LINK_SHARE,
+    MAX_QUERY_BLOCK, PROJECTION_DIMS, PROJECTION_MIN_D, PROJECTION_MIN_ENERGY,
+    PROJECTION_MIN_QUERIES, PROJECTION_POOL, PRUNE_BYTES, REPAIR_PERIOD, REPAIR_ROUNDS,
+    RERANK_QUERY_BLOCK, SEARCH_BLOCK_BYTES)
 
 __all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES", "ENTRIES",
            "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "GraphIndex",
-           "INITIAL_QUERY_BLOCK", "INSERT_BATCH", "MAX_QUERY_BLOCK", "PROJECTION_DIMS",
-           "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY", "PROJECTION_MIN_QUERIES",
-           "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_ROUNDS", "RERANK_QUERY_BLOCK",
-           "SEARCH_BLOCK_BYTES", "build", "compact", "emptied", "live_rows", "reachable"]
+           "INITIAL_QUERY_BLOCK", "INSERT_BATCH", "LOCAL_LINK_SHARE", "MAX_QUERY_BLOCK",
+           "PROJECTION_DIMS", "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY",
+           "PROJECTION_MIN_QUERIES", "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_PERIOD",
+           "REPAIR_ROUNDS", "RERANK_QUERY_BLOCK", "SEARCH_BLOCK_BYTES", "build", "compact",
+           "emptied", "live_rows", "reachable"]

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from jann import _storage
-from jann.graph.edges import map_blocks, repair, reverse_edges, unique_rows
+from jann.graph.edges import (
+    local_reverse_edges, map_blocks, repair, repair_when_due, reverse_edges, unique_rows)
 from jann.graph.settings import (
-    DEFAULT_WIDTH, ENTRY_POINTS, EXACT_BUILD_MAX, INSERT_BATCH, PROJECTION_DIMS,
+    DEFAULT_WIDTH, ENTRY_POINTS, EXACT_BUILD_MAX, INSERT_BATCH, LOCAL_LINK_SHARE, PROJECTION_DIMS,
     PROJECTION_MIN_D, PROJECTION_MIN_ENERGY, PROJECTION_MIN_QUERIES, PROJECTION_POOL,
-    PRUNE_BYTES, RERANK_QUERY_BLOCK, pow2_floor)
+    PRUNE_BYTES, REPAIR_PERIOD, RERANK_QUERY_BLOCK, pow2_floor)
 from jann.ops import distances as dist_ops
 from jann.ops import hamming
 from jann.ops.knn import knn_scan, map_query_blocks
@@ -73,6 +74,11 @@ class GraphBuilding:
         target = jnp.where(new_ok, rows_new, self.capacity)
         neighbors = self.neighbors.at[target].set(fwd_rows, mode="drop")
         edge_keys = self.edge_keys.at[target].set(fwd_keys, mode="drop")
+        if q.shape[0] * self.graph_degree <= LOCAL_LINK_SHARE * self.capacity:  # streaming
+            neighbors, edge_keys, stranded = local_reverse_edges(
+                neighbors, edge_keys, rows_new, new_ok, fwd_rows, fwd_keys)
+            due = stranded | (rows_new[0] // REPAIR_PERIOD != linked // REPAIR_PERIOD)
+            return repair_when_due(neighbors, edge_keys, self.entries, linked, due)
         neighbors, edge_keys = reverse_edges(neighbors, edge_keys, rows_new, new_ok,
                                              fwd_rows, fwd_keys)
         return repair(neighbors, edge_keys, self.entries, linked)

@@ -140,6 +140,10 @@ class GraphIndex(GraphBuilding, GraphSearching, _storage.StatusWord, Index):
         return dataclasses.replace(self, codec=codec, rng=jax.random.key_data(key_graph))
 
     # --- input hooks used by jann.api -------------------------------------------------
+    @property
+    def takes_float_vectors(self) -> bool:
+        return not self.binary
+
     def as_input(self, x, name: str):
         """Binary indexes take packed uint8 codes (n, d / 8); float ones any real array."""
         if not self.binary:

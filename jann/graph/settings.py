@@ -7,9 +7,10 @@ from __future__ import annotations
 
 __all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES", "ENTRIES",
            "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "INITIAL_QUERY_BLOCK",
-           "INSERT_BATCH", "MAX_QUERY_BLOCK", "PROJECTION_DIMS", "PROJECTION_MIN_D",
-           "PROJECTION_MIN_ENERGY", "PROJECTION_MIN_QUERIES", "PROJECTION_POOL", "PRUNE_BYTES",
-           "REPAIR_ROUNDS", "RERANK_QUERY_BLOCK", "SEARCH_BLOCK_BYTES", "pow2_floor"]
+           "INSERT_BATCH", "LOCAL_LINK_SHARE", "MAX_QUERY_BLOCK", "PROJECTION_DIMS",
+           "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY", "PROJECTION_MIN_QUERIES",
+           "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_PERIOD", "REPAIR_ROUNDS",
+           "RERANK_QUERY_BLOCK", "SEARCH_BLOCK_BYTES", "pow2_floor"]
 
 # Until the graph holds this many rows an add finds its candidates by exact k-NN over
 # the stored rows (O(n) per added row); beyond, by searching the graph built so far, in
@@ -31,6 +32,14 @@ PROJECTION_MIN_ENERGY = 0.9
 RERANK_QUERY_BLOCK = 256
 ENTRY_POINTS = 16
 REPAIR_ROUNDS = 8
+# An add whose new edges reach at most this share of the graph's rows (batch x degree
+# <= share x capacity: streaming adds) rewrites only the lists those edges touch and
+# gives each new row an in-edge; the breadth-first repair of the whole graph runs once
+# per REPAIR_PERIOD rows added so, or when a dropped edge left a row without in-edges
+# (`jann.graph.edges.local_reverse_edges`). A 1-row add to a 10k-row HNSW32 graph:
+# 80 ms with the whole-graph steps, 3.6 ms so.
+LOCAL_LINK_SHARE = 0.5
+REPAIR_PERIOD = 1024
 # Rows pruned per step: a (block, K, K) distance table plus the (block, K, d) vectors.
 PRUNE_BYTES = 64 << 20
 # Search query block: the visited bitsets and the gathered neighbour vectors of one

@@ -13,11 +13,13 @@ the lists. Memory is exact (no per-list padding; the only slack is the capacity,
 `jann.shrink_to_fit` trims). Measured by benchmarks/ivf.py on Fashion-MNIST (60k x 784,
 IVF1024,PQ56, after shrink_to_fit): the lists hold 3.85 MB, 1.004x the 3.84 MB of
 codes + int64 ids that FAISS's lists hold (per vector 56 B code + 4 B int32 id + 4 B norm;
-with jax_enable_x64, int64 ids make it 1.06x). An add merges the
-new rows into sorted order (a stable sort of list ids and one gather: O(n) per add, no
-recompile within a capacity); a removal compacts in place order-preserving. Pages with a
-page table would make adds O(batch) at the price of per-list slack; CSR was chosen for
-exact memory and because search reads each list as one contiguous run.
+with jax_enable_x64, int64 ids make it 1.06x). An add appends its
+rows after the stored ones, as the unsorted tail (`jann.ivf.tail`: O(batch) in place
+when the index is donated), and merges everything into sorted order (a stable sort of
+list ids and one gather: O(n), no recompile within a capacity) only when the tail is
+full; a removal compacts in place order-preserving. Pages with a page table would make
+adds O(batch) too, at the price of per-list slack; CSR was chosen for exact memory and
+because search reads each list as one contiguous run.
 
 Search: `probe` picks each query's nprobe nearest lists; the lists are scanned list-major
 (`jann.ivf.list_major`: one read of a list serves every query probing it; large batches
@@ -39,12 +41,12 @@ from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex, build, emptied
 from jann.index import Index
-from jann.ivf import gathered, list_major, one_list
+from jann.ivf import gathered, list_major, one_list, tail
 from jann.kmeans import kmeans
 from jann.ops import distances as dist_ops
 from jann.ops.ivf_scan import ivf_search
 from jann.ops.knn import map_query_blocks
-from jann.ops.sorting import list_offsets, stable_argsort
+from jann.ops.sorting import list_offsets
 from jann.quantizers.layout import encoded_row
 
 __all__ = ["IVFIndex", "nprobe_values"]
@@ -80,9 +82,12 @@ class IVFIndex(_storage.ListedRows, Index):
     payload:   (capacity, *code_shape) stored codes, sorted by list.
     norms:     (capacity,) float32 squared norm of each decoded row.
     ids:       (capacity,) ids.  offsets: (nlist + 1,) int32 list boundaries.
-    count:     () int32 live rows (= offsets[-1]).  status: () int32 refused-write bits.
+    count:     () int32 live rows: offsets[-1] sorted, then the tail.
+    status:    () int32 refused-write bits.
     n_added:   () rows ever added (ids dtype): the next sequential id; removals keep ids,
                so an id is never handed out twice.
+    tail_lists: (T,) int32 list of each tail row, rows offsets[-1]..count-1 (recent
+               adds, unsorted; `jann.ivf.tail`).
     """
 
     # jann.search may pad a query batch to a bucket and pass the real row count
@@ -101,6 +106,7 @@ class IVFIndex(_storage.ListedRows, Index):
     count: jax.Array
     status: jax.Array
     n_added: jax.Array
+    tail_lists: jax.Array
     metric: str = static("l2", choices=dist_ops.METRICS)
     id_mode: str = static("sequential", choices=_storage.ID_MODES)
     by_residual: bool = static(True)
@@ -131,18 +137,32 @@ class IVFIndex(_storage.ListedRows, Index):
             count=jnp.zeros((), jnp.int32),
             status=jnp.zeros((), jnp.int32),
             n_added=jnp.zeros((), _storage.empty_ids(0).dtype),
+            tail_lists=tail.empty_tail(0, nlist),
             metric=metric, id_mode=id_mode, by_residual=by_residual,
             exhaustive=exhaustive, is_trained=False, description=description)
+
+    @classmethod
+    def restored_fields(cls, fields: dict) -> dict:
+        """A checkpoint written before the tail existed: every row in the lists."""
+        fields = super().restored_fields(fields)
+        if "tail_lists" not in fields and "payload" in fields and "offsets" in fields:
+            fields = {**fields, "tail_lists": tail.empty_tail(
+                np.shape(fields["payload"])[0], np.shape(fields["offsets"])[0] - 1)}
+        return fields
 
     @property
     def d(self) -> int:
         return self.quantizer.d
 
     def grown(self, capacity: int) -> "IVFIndex":
+        index = self
+        if tail.tail_rows(capacity, self.nlist) != tail.tail_size(self):
+            index = dataclasses.replace(tail.flushed(self),
+                                        tail_lists=tail.empty_tail(capacity, self.nlist))
         return dataclasses.replace(
-            self, payload=_storage.pad_rows(self.payload, capacity),
-            norms=_storage.pad_rows(self.norms, capacity),
-            ids=_storage.pad_rows(self.ids, capacity, -1))
+            index, payload=_storage.pad_rows(index.payload, capacity),
+            norms=_storage.pad_rows(index.norms, capacity),
+            ids=_storage.pad_rows(index.ids, capacity, -1))
 
     @property
     def centroids(self) -> jax.Array:
@@ -202,11 +222,14 @@ class IVFIndex(_storage.ListedRows, Index):
 
     def row_lists(self) -> jax.Array:
         """List of each storage row; rows past `count` get the sentinel nlist."""
-        rows = jnp.arange(self.capacity, dtype=jnp.int32)
-        return (jnp.searchsorted(self.offsets, rows, side="right") - 1).astype(jnp.int32)
+        return tail.row_lists(self)
 
     def live(self):
         return _storage.live_mask(self.capacity, self.count)
+
+    def flushed(self) -> "IVFIndex":
+        """This index with every row in the sorted lists (its tail merged)."""
+        return tail.flushed(self)
 
     def _encode(self, x, lists):
         residual = x - self.centroids[lists] if self.by_residual else x
@@ -214,20 +237,9 @@ class IVFIndex(_storage.ListedRows, Index):
         return codes, dist_ops.squared_norms(self.codec.decode(codes))
 
     def insert_rows(self, lists, codes, norms, ids, n_valid, accept):
-        """Merge rows into the list-sorted storage (refused rows and padding dropped)."""
-        n = lists.shape[0]
-        new_lists = jnp.where(accept & (jnp.arange(n) < n_valid), lists, self.nlist)
-        keys = jnp.concatenate([self.row_lists(), new_lists.astype(jnp.int32)])
-        order = stable_argsort(keys, self.nlist + 1)[: self.capacity]
-
-        def merged(old, new):
-            return jnp.concatenate([old, new.astype(old.dtype)])[order]
-
-        counts = jnp.bincount(keys, length=self.nlist + 1)[: self.nlist]
-        offsets = list_offsets(counts)
-        return dataclasses.replace(
-            self, payload=merged(self.payload, codes), norms=merged(self.norms, norms),
-            ids=merged(self.ids, ids), offsets=offsets, count=offsets[-1])
+        """Add rows to the storage (the tail, or merged into the lists when it is full;
+        refused rows and padding dropped)."""
+        return tail.append(self, lists, codes, norms, ids, n_valid, accept)
 
     def add_core(self, x, n_valid, ids, valid_rows, lists=None):
         x = self.prepare(x)
@@ -245,15 +257,16 @@ class IVFIndex(_storage.ListedRows, Index):
                                    n_added=_storage.advanced(self.n_added, n_valid, status))
 
     def remove_core(self, selector):
-        live = self.live()
-        removed = live & selector(self.ids)
+        index = self.flushed()
+        live = index.live()
+        removed = live & selector(index.ids)
         keep = live & ~removed
-        lists = self.row_lists()
+        lists = index.row_lists()
         (payload, norms, ids), count = _storage.compact_rows(
-            (self.payload, self.norms, self.ids), keep)
-        counts = jnp.bincount(jnp.where(keep, lists, self.nlist), length=self.nlist + 1)
-        offsets = list_offsets(counts[: self.nlist])
-        return dataclasses.replace(self, payload=payload, norms=norms, ids=ids,
+            (index.payload, index.norms, index.ids), keep)
+        counts = jnp.bincount(jnp.where(keep, lists, index.nlist), length=index.nlist + 1)
+        offsets = list_offsets(counts[: index.nlist])
+        return dataclasses.replace(index, payload=payload, norms=norms, ids=ids,
                                    offsets=offsets, count=count), jnp.sum(removed, dtype=jnp.int32)
 
     def reconstruct_core(self, ids):
@@ -303,7 +316,8 @@ class IVFIndex(_storage.ListedRows, Index):
     def scan(self, q, lists, k: int, selector=None):
         """Top-k over the given probed lists (nq, nprobe) of prepared queries q (the
         list-major scan; `jann.search_preassigned`)."""
-        return list_major.scan(self, q, lists, k, selector)
+        return tail.with_tail_hits(self, q, lists, k, selector,
+                                   list_major.scan(self, q, lists, k, selector))
 
     def search_parameter_space(self) -> dict[str, tuple]:
         if self.exhaustive or self.nlist == 1:
@@ -336,15 +350,17 @@ class IVFIndex(_storage.ListedRows, Index):
             return list_major.scan_in_blocks(self, q, lists, k, selector, n_queries)
 
         allowed = self.live() if selector is None else self.live() & selector(self.ids)
-        return ivf_search(
+        found = ivf_search(
             q, lists, k, "ip" if dist_ops.is_similarity(self.metric) else "l2",
             decode=self.codec.kernel_decode(), offsets=self.offsets, payload=self.payload,
             norms=self.norms, allowed=allowed, ids=self.ids, centroids=self.centroids,
             by_residual=self.by_residual, xla_scan=xla_scan, backend=backend)
+        return tail.with_tail_hits(self, q, lists, k, selector, found)
 
     def range_core(self, xq, radius, capacity: int, selector=None, nprobe_bucket: int = 1,
                    nprobe=None, quantizer_ef=None, backend: str = "auto"):
         """backend: range search has no kernel; XLA whatever it says."""
         q = self.prepare(xq)
-        return list_major.range_scan(self, q, self.probe(q, nprobe_bucket, nprobe, quantizer_ef),
-                                     radius, capacity, selector)
+        lists = self.probe(q, nprobe_bucket, nprobe, quantizer_ef)
+        found = list_major.range_scan(self, q, lists, radius, capacity, selector)
+        return tail.with_tail_range_hits(self, q, lists, radius, selector, found)
