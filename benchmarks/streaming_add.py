@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks import _common
 
 INDEXES = ("Flat", "IVF1024,Flat", "IVF1024,PQ16", "HNSW32")
-SIZES = (10_000, 200_000, 1_000_000)
+SIZES = (10_000, 50_000, 200_000, 1_000_000)
 # The graph is built row by row by both libraries (minutes per 100k rows on 2 cores for
 # jann's): measured up to this size unless asked for more.
 GRAPH_MAX = 50_000

@@ -34,8 +34,8 @@ Build (every `add`, from empty or not; no separate build step):
 A small add (its new edges reach at most `LOCAL_LINK_SHARE` of the rows: streaming)
 does steps 3-4 locally: only the lists its new edges point to are rewritten, a new row
 none of whose proposals was taken gets an in-edge from its first neighbour, and the
-repair of step 4 runs once per `REPAIR_PERIOD` rows, or at once when a dropped edge
-left a row with no in-edge.
+repair of step 4 runs once per `REPAIR_PERIOD` rows (between repairs an old row whose
+last in-edge a proposal replaced can be unreachable, as in HNSW).
 
 Search: `ef` (alias `efSearch`, CAGRA's itopk) candidates per query, sorted. Each query
 starts from the ef nearest of a shared set of start rows ("nearest", the default: the
@@ -84,8 +84,8 @@ from jann.graph.settings import (
     PROJECTION_MIN_QUERIES, PROJECTION_POOL, PRUNE_BYTES, REPAIR_PERIOD, REPAIR_ROUNDS,
     RERANK_QUERY_BLOCK, SEARCH_BLOCK_BYTES)
 
-__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES", "ENTRIES",
-           "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "GraphIndex",
+__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES",
+           "ENTRIES", "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "GraphIndex",
            "INITIAL_QUERY_BLOCK", "INSERT_BATCH", "LOCAL_LINK_SHARE", "MAX_QUERY_BLOCK",
            "PROJECTION_DIMS", "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY",
            "PROJECTION_MIN_QUERIES", "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_PERIOD",

@@ -75,9 +75,9 @@ class GraphBuilding:
         neighbors = self.neighbors.at[target].set(fwd_rows, mode="drop")
         edge_keys = self.edge_keys.at[target].set(fwd_keys, mode="drop")
         if q.shape[0] * self.graph_degree <= LOCAL_LINK_SHARE * self.capacity:  # streaming
-            neighbors, edge_keys, stranded = local_reverse_edges(
-                neighbors, edge_keys, rows_new, new_ok, fwd_rows, fwd_keys)
-            due = stranded | (rows_new[0] // REPAIR_PERIOD != linked // REPAIR_PERIOD)
+            neighbors, edge_keys = local_reverse_edges(neighbors, edge_keys, rows_new, new_ok,
+                                                       fwd_rows, fwd_keys)
+            due = rows_new[0] // REPAIR_PERIOD != linked // REPAIR_PERIOD
             return repair_when_due(neighbors, edge_keys, self.entries, linked, due)
         neighbors, edge_keys = reverse_edges(neighbors, edge_keys, rows_new, new_ok,
                                              fwd_rows, fwd_keys)

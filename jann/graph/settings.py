@@ -5,8 +5,8 @@ bounds)."""
 
 from __future__ import annotations
 
-__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES", "ENTRIES",
-           "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "INITIAL_QUERY_BLOCK",
+__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES",
+           "ENTRIES", "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "INITIAL_QUERY_BLOCK",
            "INSERT_BATCH", "LOCAL_LINK_SHARE", "MAX_QUERY_BLOCK", "PROJECTION_DIMS",
            "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY", "PROJECTION_MIN_QUERIES",
            "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_PERIOD", "REPAIR_ROUNDS",
@@ -35,11 +35,13 @@ REPAIR_ROUNDS = 8
 # An add whose new edges reach at most this share of the graph's rows (batch x degree
 # <= share x capacity: streaming adds) rewrites only the lists those edges touch and
 # gives each new row an in-edge; the breadth-first repair of the whole graph runs once
-# per REPAIR_PERIOD rows added so, or when a dropped edge left a row without in-edges
-# (`jann.graph.edges.local_reverse_edges`). A 1-row add to a 10k-row HNSW32 graph:
-# 80 ms with the whole-graph steps, 3.6 ms so.
+# per REPAIR_PERIOD rows added so (`jann.graph.edges.local_reverse_edges`). Between
+# repairs an old row whose last in-edge a proposal replaced is unreachable. sift-textures
+# HNSW32, 1-row adds: 64 ms at 10k rows with the whole-graph steps, 3.8 ms so; at 50k
+# rows a repair after every add that stranded a row (found by counting in-edges) cost
+# 30-35 ms per add, since most did.
 LOCAL_LINK_SHARE = 0.5
-REPAIR_PERIOD = 1024
+REPAIR_PERIOD = 256
 # Rows pruned per step: a (block, K, K) distance table plus the (block, K, d) vectors.
 PRUNE_BYTES = 64 << 20
 # Search query block: the visited bitsets and the gathered neighbour vectors of one
