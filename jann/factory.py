@@ -5,7 +5,7 @@ Grammar (comma-separated, FAISS's spelling):
     [IDMap,|IDMap2,] {transform,} main [,RFlat | ,Refine(<codes>)]
 
     transform: PCA<d> | PCAW<d> (whitened) | PCAR<d> (+ random rotation) | PCAWR<d>
-               | OPQ<M>[_<d>] | RR[<d>] | ITQ[<d>]
+               | OPQ<M>[_<d>] | RR[<d>] | ITQ[<d>] | L2norm | Pad<d>
     main:      Flat | Flat(float16|bfloat16)       exact search
                | IVF<nlist>[_HNSW<M>|_CAGRA<R>],<codes>
                                                    inverted file; _HNSW32 etc.: a graph
@@ -84,7 +84,7 @@ def _transform(token: str, d: int):
     if m := re.fullmatch(r"OPQ(\d+)(?:_(\d+))?", token):
         d_out = int(m.group(2) or d)
         return OPQMatrix.create(d, int(m.group(1)), d_out), d_out
-    if re.fullmatch(r"(PCAW?R?\d+|RR\d*|ITQ\d*)", token):
+    if re.fullmatch(r"(PCAW?R?\d+|RR\d*|ITQ\d*|L2norm|Pad\d+)", token):
         transform = parse_transform(token, d)
         return transform, transform.d_out
     return None

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 
 from jann._pytree import pytree_dataclass, static
 from jann.errors import FactoryStringError, InvalidInputError, NotTrainedError
+from jann.fixed_transforms import NormalizationTransform, RemapDimensions
 from jann.ops.hamming import pack_bits
 
 __all__ = ["PCAMatrix", "RandomRotationMatrix", "ITQMatrix", "ITQTransform", "Chain",
@@ -487,11 +488,12 @@ class Chain:
 _PCA_RE = re.compile(r"PCA(W?)(R?)(\d+)")
 _RR_RE = re.compile(r"RR(\d+)?")
 _ITQ_RE = re.compile(r"ITQ(\d+)?")
+_PAD_RE = re.compile(r"Pad(\d+)")
 
 
 def parse_transform(description: str, d_in: int):
     """An untrained transform from a FAISS factory component: "PCA64", "PCAW64",
-    "PCAR64", "PCAWR64", "RR64" / "RR", "ITQ64" / "ITQ"."""
+    "PCAR64", "PCAWR64", "RR64" / "RR", "ITQ64" / "ITQ", "L2norm", "Pad128"."""
     s = description.strip()
     if m := _PCA_RE.fullmatch(s):
         return PCAMatrix.create(d_in, int(m.group(3)), -0.5 if m.group(1) else 0.0,
@@ -501,7 +503,11 @@ def parse_transform(description: str, d_in: int):
     if m := _ITQ_RE.fullmatch(s):
         d_out = int(m.group(1) or d_in)
         return ITQTransform.create(d_in, d_out, d_out != d_in)
+    if s == "L2norm":
+        return NormalizationTransform.create(d_in)
+    if m := _PAD_RE.fullmatch(s):
+        return RemapDimensions.padding(d_in, int(m.group(1)))
     raise FactoryStringError(
         f"unknown transform {description!r}; known forms: PCA<d>, PCAW<d>, PCAR<d>, "
-        "PCAWR<d>, RR[<d>], ITQ[<d>]")
+        "PCAWR<d>, RR[<d>], ITQ[<d>], L2norm, Pad<d>")
 

@@ -277,3 +277,61 @@ def test_errors(split):
     bad[3, 5] = np.nan
     with pytest.raises(InvalidInputError):
         p.train(bad)
+
+
+# --- L2norm and Pad (jann.fixed_transforms) ---------------------------------------------
+@pytest.mark.parametrize("description, metric, plain", [
+    ("L2norm,Flat", "ip", ("Flat", "cosine")), ("Pad256,Flat", "l2", ("Flat", "l2")),
+    ("L2norm,IVF16,Flat", "ip", ("IVF16,Flat", "cosine")),
+    ("Pad200,PCA32,Flat", "l2", ("PCA32,Flat", "l2"))])
+def test_l2norm_and_pad_search_as_faiss_and_as_their_plain_forms(description, metric, plain,
+                                                                  split, tmp_path):
+    import jann
+    xb, xq = split[0][:2000], split[1][:40]
+    d = xb.shape[1]
+    params = {"nprobe": 16} if "IVF" in description else {}
+    index = jann.add(jann.train(jann.index_factory(d, description, metric), xb, key=0), xb)
+    assert index.describe() == description
+    D, I = jann.search(index, xq, 10, **params)
+    same = jann.add(jann.train(jann.index_factory(d, *plain), xb, key=0), xb)
+    D2, I2 = jann.search(same, xq, 10, **params)
+    assert np.mean(np.asarray(I) == np.asarray(I2)) >= 0.99  # padding / normalising change
+    np.testing.assert_allclose(np.asarray(D), np.asarray(D2), rtol=1e-4, atol=1e-4)  # nothing
+    jann.save(index, tmp_path / "ix")
+    np.testing.assert_array_equal(np.asarray(jann.search(jann.load(tmp_path / "ix"), xq, 10,
+                                                         **params)[1]), np.asarray(I))
+    theirs = faiss.index_factory(d, description, faiss.METRIC_INNER_PRODUCT if metric == "ip"
+                                 else faiss.METRIC_L2)
+    theirs.train(xb)
+    theirs.add(xb)
+    if params:
+        faiss.extract_index_ivf(theirs).nprobe = 16
+    read = jann.read_faiss(faiss.serialize_index(theirs))
+    assert read.describe() == description
+    assert np.mean(np.asarray(jann.search(read, xq, 10, **params)[1])
+                   == theirs.search(xq, 10)[1]) >= 0.99
+    written = faiss.deserialize_index(np.frombuffer(jann.write_faiss(index), np.uint8))
+    if params:
+        faiss.extract_index_ivf(written).nprobe = 16
+    assert np.mean(written.search(xq, 10)[1] == np.asarray(I)) >= 0.99
+
+
+def test_l2norm_and_pad_transforms_alone(rng):
+    from jann.fixed_transforms import NormalizationTransform, RemapDimensions
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    x[2] = 0.0
+    y = np.asarray(parse_transform("L2norm", 6).apply(x))
+    np.testing.assert_allclose(np.linalg.norm(y[[0, 1, 3, 4]], axis=1), 1.0, rtol=1e-6)
+    assert not y[2].any()
+    assert isinstance(parse_transform("L2norm", 6), NormalizationTransform)
+    pad = parse_transform("Pad8", 6)
+    np.testing.assert_array_equal(np.asarray(pad.apply(x)), np.pad(x, ((0, 0), (0, 2))))
+    np.testing.assert_array_equal(np.asarray(pad.reverse(pad.apply(x))), x)
+    swap = RemapDimensions.create(6, [5, -1, 0])
+    np.testing.assert_array_equal(np.asarray(swap.apply(x)),
+                                  np.stack([x[:, 5], np.zeros(5), x[:, 0]], 1))
+    assert swap.describe() == "Remap3"
+    with pytest.raises(InvalidInputError, match="Pad4"):
+        parse_transform("Pad4", 6)
+    with pytest.raises(InvalidInputError):
+        RemapDimensions.create(6, [6])

@@ -10,7 +10,9 @@ codes ("IwPQ"), IndexIVFScalarQuantizer ("IwSq", every jann SQ type), IndexScala
 ("IxSQ"), IndexPQ ("IxPq", 8- or 4-bit), IndexRefineFlat ("IxRF") over any of them
 and IndexPreTransform ("IxPT") around them, its linear transforms (PCAMatrix "Pcam" /
 "PcAm" / "PCAm", RandomRotationMatrix "rrot", LinearTransform "LTra" as OPQ is stored,
-ITQMatrix "Viqm", CenteringTransform "VCnt") read as `jann.LinearTransform`s, and
+ITQMatrix "Viqm", CenteringTransform "VCnt") read as `jann.LinearTransform`s, its
+NormalizationTransform ("VNrm", L2 only: "L2norm") and RemapDimensionsTransform ("RmDT":
+"Pad<d>") as jann's (`jann.fixed_transforms`), and
 IndexBinaryFlat / IndexBinaryIVF ("IBxF" / "IBwF", with IndexBinaryIDMap / IDMap2 "IBMp"
 / "IBM2") and IndexHNSWFlat ("IHNf", see hnsw.py), with array inverted lists ("ilar").
 Codes

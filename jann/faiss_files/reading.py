@@ -20,6 +20,7 @@ from jann.faiss_files.hnsw import build_hnsw, read_hnsw
 from jann.faiss_files.wire import Reader
 from jann.linear import LinearTransform
 from jann.ops.distances import squared_norms
+from jann.fixed_transforms import NormalizationTransform, RemapDimensions
 from jann.transforms import Chain
 
 __all__ = ["read_faiss"]
@@ -241,13 +242,17 @@ def _vector_transform(r: Reader) -> dict:
         d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
         if not d_in == d_out == mean.size > 0:
             raise FileFormatError("FAISS CenteringTransform corrupt: its mean and sizes")
-        return {"matrix": np.eye(d_in, dtype=np.float32), "bias": -mean, "name": None}
+        return {"matrix": np.eye(d_in, dtype=np.float32), "bias": -mean, "name": None,
+                "d_in": d_in, "d_out": d_out}
     elif code == b"rrot":
         name = "RR"
+    elif code in (b"VNrm", b"RmDT"):
+        return _fixed_transform(r, code)
     elif code != b"LTra":
         raise FileFormatError(f"FAISS vector transform {code!r} is not read by jann (it "
                               "reads PCAMatrix, OPQ and other LinearTransforms, "
-                              "RandomRotationMatrix, ITQMatrix and CenteringTransform)")
+                              "RandomRotationMatrix, ITQMatrix, CenteringTransform, "
+                              "NormalizationTransform and RemapDimensionsTransform)")
     have_bias = r.scalar("B")
     matrix, bias = r.array(np.float32), r.array(np.float32)
     d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
@@ -257,7 +262,26 @@ def _vector_transform(r: Reader) -> dict:
                               "disagree")
     return {"matrix": matrix.reshape(d_out, d_in),
             "bias": bias if have_bias and bias.size else np.zeros(d_out, np.float32),
-            "name": None if name is None else f"{name}{d_out}"}
+            "name": None if name is None else f"{name}{d_out}", "d_in": d_in, "d_out": d_out}
+
+
+def _fixed_transform(r: Reader, code: bytes) -> dict:
+    """FAISS's NormalizationTransform (L2 only, "L2norm") or RemapDimensionsTransform."""
+    if code == b"VNrm":
+        norm = r.scalar("f")
+        d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
+        if norm != 2.0:
+            raise FileFormatError(f"FAISS NormalizationTransform with norm {norm} is not "
+                                  "read by jann (only the L2 norm, \"L2norm\")")
+        if not 0 < d_in == d_out:
+            raise FileFormatError("FAISS NormalizationTransform corrupt: its sizes")
+        return {"transform": NormalizationTransform.create(d_in), "d_in": d_in, "d_out": d_out}
+    mapping = r.array(np.int32)
+    d_in, d_out, _ = r.scalar("i"), r.scalar("i"), r.scalar("B")
+    if not (0 < d_in and mapping.size == d_out > 0 and mapping.min() >= -1
+            and mapping.max() < d_in):
+        raise FileFormatError("FAISS RemapDimensionsTransform corrupt: its map and sizes")
+    return {"transform": RemapDimensions.create(d_in, mapping), "d_in": d_in, "d_out": d_out}
 
 
 def _pre_transform(r: Reader, head: dict) -> dict:
@@ -267,8 +291,8 @@ def _pre_transform(r: Reader, head: dict) -> dict:
         raise FileFormatError(f"FAISS IndexPreTransform corrupt: {count} transforms")
     chain = [_vector_transform(r) for _ in range(count)]
     inner = _read(r)
-    dims = [head["d"]] + [t["matrix"].shape[0] for t in chain]
-    if [t["matrix"].shape[1] for t in chain] != dims[:-1] or inner["d"] != dims[-1]:
+    dims = [head["d"]] + [t["d_out"] for t in chain]
+    if [t["d_in"] for t in chain] != dims[:-1] or inner["d"] != dims[-1]:
         raise FileFormatError("FAISS IndexPreTransform corrupt: its transforms' sizes do "
                               "not chain from its d to its index's")
     if inner["kind"] == "refine":
@@ -354,7 +378,8 @@ def _build(parts: dict):
     if parts["kind"] == "pretransform":  # an IDMap around it numbers its index's rows
         inner = _build({**parts["inner"], "ids": parts["ids"],
                         "id_mode": parts.get("id_mode", parts["inner"].get("id_mode"))})
-        transforms = [LinearTransform.create(t["matrix"], t["bias"], t["name"])
+        transforms = [t["transform"] if "transform" in t else
+                      LinearTransform.create(t["matrix"], t["bias"], t["name"])
                       for t in parts["chain"]]
         transform = transforms[0] if len(transforms) == 1 else Chain.create(*transforms)
         return PreTransformIndex(transform=transform, index=inner,

@@ -221,23 +221,41 @@ def _write_refine(w: Writer, index):
     w.scalar("f", index.k_factor)
 
 
+def _write_fixed_transform(w: Writer, t):
+    """NormalizationTransform ("VNrm", the L2 norm) or RemapDimensionsTransform ("RmDT")."""
+    if hasattr(t, "map"):
+        w.fourcc(b"RmDT")
+        w.array(np.asarray(t.map, np.int32), np.int32)
+    else:
+        w.fourcc(b"VNrm")
+        w.scalar("f", 2.0)
+    w.scalar("i", t.d_in)
+    w.scalar("i", t.d_out)
+    w.scalar("B", 1)
+
+
 def _write_pre_transform(w: Writer, index):
     """IndexPreTransform: its linear transforms as FAISS `LinearTransform`s (A and b; a
     PCA as a `PCAMatrix` holding jann's mean, eigenvalues and components, a random
     rotation as a `RandomRotationMatrix`), then its index."""
+    from jann.fixed_transforms import NormalizationTransform, RemapDimensions
     from jann.linear import LinearTransform
     from jann.transforms import Chain, PCAMatrix, RandomRotationMatrix
 
     transform = index.transform
     chain = transform.transforms if isinstance(transform, Chain) else (transform,)
+    fixed = (NormalizationTransform, RemapDimensions)
     try:
-        maps = [LinearTransform.of(t) for t in chain]
+        maps = [t if isinstance(t, fixed) else LinearTransform.of(t) for t in chain]
     except InvalidInputError as e:
-        _refuse(index, f"FAISS files hold linear transforms; {e}")
+        _refuse(index, f"FAISS files hold linear transforms, L2norm and Pad; {e}")
     w.fourcc(b"IxPT")
     _write_header(w, index.d, int(index.count), index.metric)
     w.scalar("i", len(maps))
     for t, m in zip(chain, maps):
+        if isinstance(t, fixed):
+            _write_fixed_transform(w, t)
+            continue
         if isinstance(t, PCAMatrix):
             w.fourcc(b"Pcam")
             w.scalar("f", t.eigen_power)
