@@ -147,6 +147,30 @@ def test_ivf_sharded_and_replicated_equal_unsharded(description, ivf_indexes, xq
     same(jann.search(jann.replicate(index, mesh), xq, 10, nprobe=3), ref, exact=False)
 
 
+def test_ivf_with_an_append_tail_shards_and_streams(xb, xq, mesh):
+    """An IVF index holding recent adds in its unsorted tail (jann.ivf.tail) shards into
+    sorted shards; a sharded index grown past the tail's minimum streams adds into its
+    shards' tails; results stay those of the unsharded index."""
+    index = jann.train(jann.index_factory(D, "IVF16,Flat"), xb, key=jax.random.key(1))
+    index = jann.reserve(jann.add(index, xb[:900]), (1 << 14) - 900)
+    for i in range(900, 1003):
+        index = jann.add(index, xb[i:i + 1], donate=True)
+    assert int(index.count) - int(index.offsets[-1]) == 103  # in the tail
+    want = jann.search(index.flushed(), xq, 10, nprobe=4)
+    same(jann.search(index, xq, 10, nprobe=4), want, exact=False)
+    sharded = jann.shard(index, mesh)
+    same(jann.search(sharded, xq, 10, nprobe=4), want, exact=False)
+    grown = jann.reserve(sharded, 8 << 14)
+    for i in range(5):
+        grown = jann.add(grown, xq[i:i + 1])
+    plain = index
+    for i in range(5):
+        plain = jann.add(plain, xq[i:i + 1])
+    assert jann.ntotal(grown) == jann.ntotal(plain) == 1008
+    same(jann.search(grown, xq, 10, nprobe=4), jann.search(plain.flushed(), xq, 10, nprobe=4),
+         exact=False)
+
+
 def test_ivf_add_to_sharded_goes_to_least_filled(ivf_indexes, xb, xq, mesh, tmp_path):
     empty = jann.train(jann.index_factory(D, "IVF16,Flat"), xb, key=jax.random.key(1))
     sharded = jann.add(jann.shard(empty, mesh), xb[:501])

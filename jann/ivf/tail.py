@@ -46,8 +46,8 @@ def tail_rows(capacity: int, nlist: int) -> int:
 
 
 def tail_size(index) -> int:
-    """T of this index (static: its capacity and nlist)."""
-    return tail_rows(index.capacity, index.nlist)
+    """T of this index (static: its capacity and nlist; never past its `tail_lists`)."""
+    return min(tail_rows(index.capacity, index.nlist), index.tail_lists.shape[0])
 
 
 def empty_tail(capacity: int, nlist: int) -> jax.Array:

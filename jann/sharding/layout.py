@@ -16,6 +16,7 @@ from jann import graph as graph_lib
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
 from jann.graph import GraphIndex
+from jann.ivf.tail import empty_tail
 from jann.ops.sorting import list_offsets, prefix_sum
 from jann.sharding.mesh import local_shard, restack
 
@@ -64,7 +65,9 @@ def _with_rows(template, rows, lists, count, capacity, n_added):
     offsets = list_offsets(sizes)
     return dataclasses.replace(template, payload=payload, norms=norms, ids=ids,
                                offsets=offsets, count=count, n_added=n_added,
-                               status=jnp.zeros((), jnp.int32))
+                               status=jnp.zeros((), jnp.int32),
+                               **({"tail_lists": empty_tail(capacity, template.nlist)}
+                                  if hasattr(template, "tail_lists") else {}))
 
 
 def split(stack, parts: int, part, capacity: int):
