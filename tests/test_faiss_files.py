@@ -105,9 +105,14 @@ def test_a_read_pre_transform_reconstructs_saves_and_runs_in_jit(data, tmp_path)
     d_out_at = blob.index(b"IwFl") - 9  # the transform's d_out, before is_trained
     with pytest.raises(jann.FileFormatError, match="chain|disagree"):
         jann.read_faiss(blob[:d_out_at] + (31).to_bytes(4, "little") + blob[d_out_at + 4:])
-    normalized = faiss.serialize_index(_faiss_index("L2norm,Flat", faiss.METRIC_L2, xb[:50]))
-    with pytest.raises(jann.FileFormatError, match="VNrm"):
-        jann.read_faiss(normalized)
+    normalized = faiss.serialize_index(_faiss_index("L2norm,Flat", faiss.METRIC_L2,
+                                                    xb[:50])).tobytes()
+    assert jann.read_faiss(normalized).describe() == "L2norm,Flat"
+    at = normalized.index(b"VNrm") + 4  # the norm: only 2 (L2) is read
+    with pytest.raises(jann.FileFormatError, match="norm 1.0"):
+        jann.read_faiss(normalized[:at] + np.float32(1.0).tobytes() + normalized[at + 4:])
+    with pytest.raises(jann.FileFormatError, match="VXyz"):  # a transform jann does not know
+        jann.read_faiss(normalized.replace(b"VNrm", b"VXyz"))
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -102,7 +102,7 @@ def append(index, lists, codes, norms, ids, n_valid, accept):
                                    offsets=jnp.stack([jnp.int32(0), count]), count=count)
     size = tail_size(index)
     start = index.offsets[-1]
-    slot = jnp.where(valid, old_count - start + jnp.arange(n), size)
+    slot = jnp.where(valid, old_count - start + jnp.arange(n), index.tail_lists.shape[0])
     appended = dataclasses.replace(
         index, payload=payload, norms=norms, ids=ids, count=count,
         tail_lists=index.tail_lists.at[slot].set(lists.astype(jnp.int32), mode="drop"))
@@ -132,7 +132,7 @@ def _tail_block(index, q, lists, selector):
     ids = index.ids[rows]
     if selector is not None:
         valid = valid & selector(ids)
-    tail_lists = jnp.where(valid, index.tail_lists, index.nlist)
+    tail_lists = jnp.where(valid, index.tail_lists[:size], index.nlist)
     probed = jnp.zeros((q.shape[0], index.nlist + 1), jnp.bool_).at[
         jnp.arange(q.shape[0])[:, None], lists].set(True)
     ok = probed[:, tail_lists] & valid[None, :]
