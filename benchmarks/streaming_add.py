@@ -26,7 +26,8 @@ them into its sorted lists on the add that would overflow it: that add ("merge m
 timed apart, and "amortized ms" = ((T - 1) x jit median + merge) / T is the mean cost of
 a long stream of jitted 1-row adds.
 
-Writes <out>/streaming-add.json, .md and .png.
+Writes <out>/streaming-add.json, .md and .png (streaming-add-<dataset>.* for another
+--dataset).
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def main(argv=None) -> None:
             if spec.startswith("HNSW") and n > args.graph_max:
                 continue
             results["runs"].append(bench(spec, n, x, args, jax, jann, faiss, hnswlib))
-    path = _common.write_json(args.out / "streaming-add.json", results)
+    name = "streaming-add" + (f"-{args.dataset}" if args.dataset != "sift-textures-1m" else "")
+    path = _common.write_json(args.out / f"{name}.json", results)
     print(_common.write_markdown_and_plot(results, path, markdown, plot))
 
 

@@ -248,10 +248,12 @@ def test_bad_input(fmnist):
 
 
 def test_streamed_single_row_adds_link_locally(fmnist, compile_counter, monkeypatch):
-    """Adds of a few rows rewrite only the lists they touch (jann.graph.edges.
-    local_reverse_edges): each row is found, recall matches the graph built in one add,
-    reachability is restored every REPAIR_PERIOD rows, and the jitted add compiles once."""
+    """Adds of a few rows find their candidates by searching the graph and rewrite only
+    the lists they touch (jann.graph.edges.local_reverse_edges): each row is found,
+    recall matches the graph built in one add, reachability is restored every
+    REPAIR_PERIOD rows, and the jitted add compiles once."""
     monkeypatch.setattr(jann.graph.building, "REPAIR_PERIOD", 400)
+    monkeypatch.setattr(jann.graph.building, "STREAM_EXACT_MAX", 1024)  # search for them
     jax.clear_caches()
     try:
         xb, xq = fmnist["base"][:2400], fmnist["queries"][:100]

@@ -32,7 +32,8 @@ Build (every `add`, from empty or not; no separate build step):
    reachable row), written into a tail slot; repeated until every row is reachable
    (at most `REPAIR_ROUNDS` rounds; the tests check the result).
 A small add (its new edges reach at most `LOCAL_LINK_SHARE` of the rows: streaming)
-does steps 3-4 locally: only the lists its new edges point to are rewritten, a new row
+searches the graph for its candidates from `STREAM_EXACT_MAX` rows on (exact
+candidates read every stored vector per add) and does steps 3-4 locally: only the lists its new edges point to are rewritten, a new row
 none of whose proposals was taken gets an in-edge from its first neighbour, and the
 repair of step 4 runs once per `REPAIR_PERIOD` rows (between repairs an old row whose
 last in-edge a proposal replaced can be unreachable, as in HNSW).
@@ -82,12 +83,12 @@ from jann.graph.settings import (
     ENTRY_SAMPLE, EXACT_BUILD_MAX, INITIAL_QUERY_BLOCK, INSERT_BATCH, LOCAL_LINK_SHARE,
     MAX_QUERY_BLOCK, PROJECTION_DIMS, PROJECTION_MIN_D, PROJECTION_MIN_ENERGY,
     PROJECTION_MIN_QUERIES, PROJECTION_POOL, PRUNE_BYTES, REPAIR_PERIOD, REPAIR_ROUNDS,
-    RERANK_QUERY_BLOCK, SEARCH_BLOCK_BYTES)
+    RERANK_QUERY_BLOCK, SEARCH_BLOCK_BYTES, STREAM_EXACT_MAX)
 
-__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES",
-           "ENTRIES", "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "GraphIndex",
+__all__ = ["CPU_QUERY_BLOCK", "DEFAULT_EF", "DEFAULT_WIDTH", "EF_VALUES", "ENTRIES",
+           "ENTRY_POINTS", "ENTRY_SAMPLE", "EXACT_BUILD_MAX", "GraphIndex",
            "INITIAL_QUERY_BLOCK", "INSERT_BATCH", "LOCAL_LINK_SHARE", "MAX_QUERY_BLOCK",
            "PROJECTION_DIMS", "PROJECTION_MIN_D", "PROJECTION_MIN_ENERGY",
            "PROJECTION_MIN_QUERIES", "PROJECTION_POOL", "PRUNE_BYTES", "REPAIR_PERIOD",
-           "REPAIR_ROUNDS", "RERANK_QUERY_BLOCK", "SEARCH_BLOCK_BYTES", "build", "compact",
-           "emptied", "live_rows", "reachable"]
+           "REPAIR_ROUNDS", "RERANK_QUERY_BLOCK", "SEARCH_BLOCK_BYTES", "STREAM_EXACT_MAX",
+           "build", "compact", "emptied", "live_rows", "reachable"]

@@ -15,7 +15,7 @@ from jann.graph.edges import (
 from jann.graph.settings import (
     DEFAULT_WIDTH, ENTRY_POINTS, EXACT_BUILD_MAX, INSERT_BATCH, LOCAL_LINK_SHARE, PROJECTION_DIMS,
     PROJECTION_MIN_D, PROJECTION_MIN_ENERGY, PROJECTION_MIN_QUERIES, PROJECTION_POOL,
-    PRUNE_BYTES, REPAIR_PERIOD, RERANK_QUERY_BLOCK, pow2_floor)
+    PRUNE_BYTES, REPAIR_PERIOD, RERANK_QUERY_BLOCK, STREAM_EXACT_MAX, pow2_floor)
 from jann.ops import distances as dist_ops
 from jann.ops import hamming
 from jann.ops.knn import knn_scan, map_query_blocks
@@ -74,7 +74,7 @@ class GraphBuilding:
         target = jnp.where(new_ok, rows_new, self.capacity)
         neighbors = self.neighbors.at[target].set(fwd_rows, mode="drop")
         edge_keys = self.edge_keys.at[target].set(fwd_keys, mode="drop")
-        if q.shape[0] * self.graph_degree <= LOCAL_LINK_SHARE * self.capacity:  # streaming
+        if self._links_locally(q.shape[0]):
             neighbors, edge_keys = local_reverse_edges(neighbors, edge_keys, rows_new, new_ok,
                                                        fwd_rows, fwd_keys)
             due = rows_new[0] // REPAIR_PERIOD != linked // REPAIR_PERIOD
@@ -82,6 +82,10 @@ class GraphBuilding:
         neighbors, edge_keys = reverse_edges(neighbors, edge_keys, rows_new, new_ok,
                                              fwd_rows, fwd_keys)
         return repair(neighbors, edge_keys, self.entries, linked)
+
+    def _links_locally(self, n: int) -> bool:
+        """Whether an add of n rows (streaming) links them locally (LOCAL_LINK_SHARE)."""
+        return n * self.graph_degree <= LOCAL_LINK_SHARE * self.capacity
 
     def _link_in_batches(self, q, rows_new, new_ok):
         """`_link` over INSERT_BATCH rows at a time, each batch linked into the graph the
@@ -118,10 +122,13 @@ class GraphBuilding:
         def searched():
             return self._searched_candidates(q, rows_new, new_ok, usable)
 
-        if self.capacity <= EXACT_BUILD_MAX:
+        # a streaming add searches the graph from a smaller size on: exact candidates
+        # read every stored vector per add
+        exact_max = STREAM_EXACT_MAX if self._links_locally(q.shape[0]) else EXACT_BUILD_MAX
+        if self.capacity <= exact_max:
             keys, rows = exact()
         else:
-            keys, rows = jax.lax.cond(rows_new[0] < EXACT_BUILD_MAX, exact, searched)
+            keys, rows = jax.lax.cond(rows_new[0] < exact_max, exact, searched)
         keys = jnp.where(rows == rows_new[:, None], jnp.inf, keys)  # not its own neighbour
         keys, cols = smallest_k_padded(keys, K)
         rows = jnp.where(cols >= 0, jnp.take_along_axis(rows, jnp.maximum(cols, 0), 1), -1)
