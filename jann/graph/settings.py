@@ -37,9 +37,9 @@ REPAIR_ROUNDS = 8
 # gives each new row an in-edge; the breadth-first repair of the whole graph runs once
 # per REPAIR_PERIOD rows added so (`jann.graph.edges.local_reverse_edges`). Between
 # repairs an old row whose last in-edge a proposal replaced is unreachable. sift-textures
-# HNSW32, 1-row adds: 64 ms at 10k rows with the whole-graph steps, 3.8 ms so; at 50k
-# rows a repair after every add that stranded a row (found by counting in-edges) cost
-# 30-35 ms per add, since most did.
+# HNSW32, 1-row jitted adds: 64 ms at 10k rows with the whole-graph steps, 2.1 ms so
+# (4.5 ms at 50k); repairing after every add that stranded a row (found by counting
+# in-edges) cost 30-35 ms per add at 50k rows, since most did.
 LOCAL_LINK_SHARE = 0.5
 # Such streaming adds find their candidates by searching the graph once it holds this
 # many rows (exact candidates read every stored vector: a 1-row add to a 50k x 784 graph
