@@ -12,7 +12,8 @@ Grammar (comma-separated, FAISS's spelling):
                                                    index over the centroids assigns (large
                                                    nlist; search knob quantizer_ef)
                | HNSW<M>[,<codes>]                 graph (jann.graph): graph_degree 2*M (FAISS's
-                                                   level-0 degree), intermediate_degree 3*M
+                                                   level-0 degree), intermediate_degree 3*M;
+                                                   HNSW<M>_<codes> (FAISS's form) the same
                | CAGRA<R>[_<K>][,<codes>]          graph: graph_degree R, intermediate_degree K
                                                    (default 2*R); codes: stored form, default Flat
                | Residual<nlist>,<codes>           2-level: residual codes, every list scanned
@@ -164,7 +165,10 @@ _BINARY_RE = re.compile(r"BFlat|BIVF(\d+)|BHash(\d+)|B(?:HNSW|CAGRA)[\d_]+")
 
 def _graph_index(d, tokens, description, metric, id_mode, dtype):
     """HNSW<M> / CAGRA<R>[_<K>] (optionally followed by a codes token), B-prefixed for
-    binary; None when tokens[0] is not a graph."""
+    binary; None when tokens[0] is not a graph. FAISS's HNSW<M>_<codes> ("HNSW32_PQ16",
+    "HNSW32_SQ8": IndexHNSWPQ / SQ, as "HNSW32,PQ16") is read as HNSW<M>,<codes>."""
+    if len(tokens) == 1 and (joined := re.fullmatch(r"(HNSW\d+)_(.+)", tokens[0])):
+        tokens = list(joined.groups())
     m = _GRAPH_RE.fullmatch(tokens[0])
     if m is None:
         return None

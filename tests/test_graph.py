@@ -95,6 +95,12 @@ def test_compressed_storage(subset):
     refined = jann.index_factory(xb.shape[1], "HNSW16,SQ8,RFlat")
     refined = jann.add(jann.train(refined, xb), xb)
     assert recall(jann.search(refined, xq, K, ef=64, k_factor=2)[1], gt) >= 0.95
+    # FAISS's HNSW<M>_<codes> names the same IndexHNSWSQ / IndexHNSWPQ
+    for joined, spec in (("HNSW16_SQ8", "HNSW16,SQ8"), ("HNSW32_PQ14", "HNSW32,PQ14")):
+        a, b = (jann.index_factory(xb.shape[1], s) for s in (joined, spec))
+        assert a.describe() == spec and jax.tree.structure(a) == jax.tree.structure(b)
+        assert jax.tree.map(lambda u, v: u.shape == v.shape, a, b) == \
+            jax.tree.map(lambda u: True, a)
 
 
 def test_updates_keep_graph_connected_and_hide_removed(fmnist):

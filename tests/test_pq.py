@@ -115,12 +115,14 @@ def test_same_key_same_codebooks(data):
     assert not np.array_equal(np.asarray(a.centroids), np.asarray(c.centroids))
 
 
-@pytest.mark.parametrize("M_,nbits", [(7, 4), (7, 3), (5, 1), (6, 6), (3, 8)])
+@pytest.mark.parametrize("M_,nbits", [(7, 4), (7, 3), (5, 1), (6, 6), (3, 8), (5, 9),
+                                      (4, 10), (3, 16)])
 def test_pack_unpack_round_trip(rng, M_, nbits):
     codes = rng.integers(0, 1 << nbits, size=(33, M_))
+    codes[0] = (1 << nbits) - 1  # the widest sub-code survives
     packed = pack_codes(jnp.asarray(codes), nbits)
     assert packed.dtype == jnp.uint8
-    assert packed.shape == (33, (M_ + 1) // 2 if nbits <= 4 else M_)
+    assert packed.shape == (33, (M_ + 1) // 2 if nbits <= 4 else M_ if nbits <= 8 else 2 * M_)
     np.testing.assert_array_equal(np.asarray(unpack_codes(packed, M_, nbits)), codes)
     assert ProductQuantizer.create(M_ * 2, M_, nbits).code_size == packed.shape[1]
 
@@ -128,7 +130,7 @@ def test_pack_unpack_round_trip(rng, M_, nbits):
 def test_bad_input_errors(rng):
     with pytest.raises(InvalidInputError, match="M=15 must divide"):
         ProductQuantizer.create(D, 15)
-    for nbits in (0, 9):
+    for nbits in (0, 17):
         with pytest.raises(InvalidInputError, match="nbits"):
             ProductQuantizer.create(D, M, nbits)
     pq = ProductQuantizer.create(16, 4, 8)

@@ -8,14 +8,17 @@ and a stored code's distance is the sum of its M entries (`adc`).
 
 Code layout, chosen so that a scan kernel only ever reads whole bytes or nibbles:
 
+- nbits 9..16: two bytes per sub-code, low byte first, code_size = 2 M ("PQ16x10");
 - nbits 5..8: one byte per sub-code, code_size = M (as FAISS for nbits = 8);
 - nbits 1..4: two sub-codes per byte, sub-code 2j in the low nibble and 2j+1 in the high
   nibble of byte j, code_size = ceil(M / 2) (as FAISS for nbits = 4, e.g. PQ32x4 is 16
   bytes).
 
 For nbits 4 and 8 the bytes are therefore identical to FAISS's codes. For other widths
-FAISS packs bits tightly (PQ14x6 is 11 bytes there, 14 here); jann trades those bytes for
-a layout a kernel can address without bit arithmetic across byte boundaries.
+FAISS packs bits tightly (PQ14x6 is 11 bytes there, 14 here; PQ16x10 20 and 32); jann
+trades those bytes for a layout a kernel can address without bit arithmetic across byte
+boundaries. Codes of more than 8 bits are scored by decoding (their look-up tables of
+2**nbits entries per sub-space are no longer small), on XLA whatever the backend.
 
 The same packing and the same look-up sum serve every codec whose code is M small indices
 (residual and additive quantizers in `rq.py`): both are defined in `jann.ops`
@@ -48,28 +51,31 @@ MIN_POINTS_PER_CENTROID = 39
 # Floats of the (rows, M, ksub) score block one encode step may hold (16 MiB).
 _SCORE_BUDGET = 1 << 22
 _HIGHEST = jax.lax.Precision.HIGHEST
+# The widest sub-code a ProductQuantizer takes (FAISS's limit too).
+MAX_NBITS = 16
 
 
 # --- code layout (shared by every codec whose code is M sub-codes) --------------------------
 def check_codec_shape(d: int, M: int, nbits: int, what: str,
-                      parts: tuple[str, int] | None = None) -> None:
-    """Raise InvalidInputError unless d and M are positive ints, nbits lies in 1..8 and
-    the number of sub-spaces d is cut into, `parts` = (name, count) (("M", M) by
-    default), divides d."""
+                      parts: tuple[str, int] | None = None, max_nbits: int = 8) -> None:
+    """Raise InvalidInputError unless d and M are positive ints, nbits lies in
+    1..max_nbits and the number of sub-spaces d is cut into, `parts` = (name, count)
+    (("M", M) by default), divides d."""
     parts_name, n_parts = ("M", M) if parts is None else parts
     for name, value in (("d", d), ("M", M), ("nbits", nbits), (parts_name, n_parts)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InvalidInputError(f"{what}: {name} must be a positive int, got {value!r}")
-    if nbits > 8:
-        raise InvalidInputError(f"{what}: nbits must lie in 1..8, got {nbits}")
+    if nbits > max_nbits:
+        raise InvalidInputError(f"{what}: nbits must lie in 1..{max_nbits}, got {nbits}")
     if d % n_parts:
         raise InvalidInputError(
             f"{what}: {parts_name}={n_parts} must divide the dimension d={d}")
 
 
 def code_size_for(M: int, nbits: int) -> int:
-    """Bytes per code: ceil(M / 2) for nbits <= 4 (nibbles), else M (bytes)."""
-    return (M + 1) // 2 if nbits <= 4 else M
+    """Bytes per code: ceil(M / 2) for nbits <= 4 (nibbles), M for 5..8 (bytes), 2 M
+    above (two bytes each)."""
+    return (M + 1) // 2 if nbits <= 4 else M if nbits <= 8 else 2 * M
 
 
 def check_training_size(n: int, ksub: int, what: str) -> None:
@@ -136,7 +142,7 @@ class ProductQuantizer:
     @classmethod
     def create(cls, d: int, M: int, nbits: int = 8) -> "ProductQuantizer":
         """An untrained PQ (FAISS `ProductQuantizer(d, M, nbits)`)."""
-        check_codec_shape(d, M, nbits, "ProductQuantizer")
+        check_codec_shape(d, M, nbits, "ProductQuantizer", max_nbits=MAX_NBITS)
         return cls(centroids=jnp.zeros((M, 1 << nbits, d // M), jnp.float32),
                    d=d, M=M, nbits=nbits, is_trained=False)
 
@@ -218,9 +224,12 @@ class ProductQuantizer:
         """(n, code_size) uint8 -> (n, d) float32."""
         return self.decode_indices(unpack_codes(jnp.asarray(codes), self.M, self.nbits))
 
-    def kernel_decode(self) -> KernelDecode:
+    def kernel_decode(self) -> KernelDecode | None:
         """How the IVF list-scan kernel reads these codes: by look-up tables built from
-        `distance_tables(x, "ip")` (`jann.ops.ivf_scan`)."""
+        `distance_tables(x, "ip")` (`jann.ops.ivf_scan`); codes wider than a byte are
+        decoded instead (None)."""
+        if self.nbits > 8:
+            return None
         return KernelDecode("pq", nbits=self.nbits,
                             ip_tables=functools.partial(self.distance_tables, metric="ip"))
 
