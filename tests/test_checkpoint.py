@@ -322,3 +322,38 @@ def test_a_failed_read_prints_no_stray_tracebacks(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("refused: checkpoint") == 3
     assert "Event loop is closed" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_only_closed_loop_completions_are_dropped():
+    """The filter behind the test above (a CI run once printed an error raised from the
+    closed-loop one, which the filter then let through): asyncio's error, and errors
+    raised from it or quoting it, are dropped; the same message raised elsewhere and
+    other errors are not."""
+    import asyncio
+    from types import SimpleNamespace
+    from jann._orbax import _is_closed_loop_completion
+
+    def caught(fn):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 (any error is the sample)
+            return SimpleNamespace(exc_value=exc, exc_traceback=exc.__traceback__)
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    closed = caught(lambda: loop.call_soon_threadsafe(print))
+
+    def wrapped():
+        raise ValueError("completion failed") from closed.exc_value
+
+    def quoting():
+        raise ValueError(f"completion failed: {closed.exc_value!r}")
+
+    def elsewhere():
+        raise RuntimeError("Event loop is closed")
+
+    assert _is_closed_loop_completion(closed)
+    assert _is_closed_loop_completion(caught(wrapped))
+    assert _is_closed_loop_completion(caught(quoting))
+    assert not _is_closed_loop_completion(caught(elsewhere))
+    assert not _is_closed_loop_completion(caught(lambda: 1 / 0))
