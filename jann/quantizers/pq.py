@@ -53,7 +53,8 @@ _SCORE_BUDGET = 1 << 22
 # The same for PQ's (rows, M, ksub) block: 4 MiB stays nearer the cache. Measured (PQ
 # encode of 50k-200k rows, 2 threads; 16 / 4 / 1 MiB): sift-textures PQ16x10 8.4 / 4.3 /
 # 6.3 s, PQ16 2.6 / 1.6 / 1.6 s, PQ4 0.21 / 0.18 / 0.14 s; debian-minilm PQ48 1.8 / 1.0 /
-# 1.6 s, PQ48x10 5.7 / 5.6 / 14.4 s; fashion-mnist PQ98 3.3 / 2.1 / 4.1 s.
+# 1.6 s, PQ48x10 5.7 / 5.6 / 14.4 s; fashion-mnist PQ98 3.3 / 2.1 / 4.1 s;
+# sift-textures-1m (16 / 4 MiB) PQ16 13.9 / 7.9 s, PQ16x10 41.7 / 26.5 s.
 _PQ_SCORE_BUDGET = 1 << 20
 _HIGHEST = jax.lax.Precision.HIGHEST
 # The widest sub-code a ProductQuantizer takes (FAISS's limit too).
