@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann import _storage, batching
+from jann import _storage, batching, programs
 from jann._inputs import (
     as_array, as_ids, check_finite, delegated_search_params, is_traced, outside_id_range,
     search_param_names, split_search_params)
@@ -287,9 +287,11 @@ def _search_impl(index, xq, k, selector, params):
     return distances, jnp.where(ok[:, None], ids, -1), ok
 
 
-@functools.partial(jax.jit, static_argnames=("k", "static"))
-def _search_jit(index, xq, k, selector, static, dynamic):
+def _search_program(index, xq, k, selector, static, dynamic):
     return _search_impl(index, xq, k, selector, (static, dynamic))
+
+
+_search_jit = programs.jit(_search_program, static_argnames=("k", "static"))
 
 
 # The most results (queries x k) one search call returns: 2**28 (2 GiB of distances and
@@ -337,7 +339,8 @@ def search(index, xq, k: int, *, selector: IDSelector | None = None, **params):
         chunk = batching.pad_rows(xq[start:stop], size)
         if skips_padding:
             dynamic = {**dynamic, "n_queries": np.asarray(stop - start, np.int32)}
-        distances, ids, ok = _search_jit(index, chunk, k, selector, static, dynamic)
+        distances, ids, ok = _search_jit(index.search_compiler_options(size), index,
+                                         chunk, k, selector, static, dynamic)
         ok = batching.host_view(ok)[: stop - start]
         if not ok.all():
             raise InvalidInputError(

@@ -144,6 +144,12 @@ class Index:
         """{parameter: ascending values worth trying} for autotuning; {}: no knobs."""
         return {}
 
+    def search_compiler_options(self, nq: int) -> tuple:
+        """XLA compiler options of the `jann.search` / `range_search` program for nq
+        queries per call over this index ((name, value) pairs, `jann.programs`): a
+        wrapper's are those of the index it wraps; () for XLA's defaults."""
+        return () if self.inner is None else self.inner.search_compiler_options(nq)
+
     def reconstruct_n_core(self, i0, n: int):
         """(vectors, found) for FAISS's `reconstruct_n(i0, n)` (i0 traced, n static): the
         vectors of ids i0..i0+n-1; storage positions where the index keeps insertion order."""

@@ -7,14 +7,13 @@ inside jit.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann import batching
+from jann import batching, programs
 from jann._inputs import is_traced
 from jann.api import check_selector, require_trained, row_ok, search_program_params
 from jann.errors import InvalidDtypeError, InvalidInputError
@@ -71,9 +70,11 @@ def _range_impl(index, xq, radius, capacity, selector, params):
     return RangeResult(counts, distances, ids, jnp.any(counts > capacity)), ok
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "static"))
-def _range_jit(index, xq, radius, capacity, selector, static, dynamic):
+def _range_program(index, xq, radius, capacity, selector, static, dynamic):
     return _range_impl(index, xq, radius, capacity, selector, (static, dynamic))
+
+
+_range_jit = programs.jit(_range_program, static_argnames=("capacity", "static"))
 
 
 def _range_prologue(index, xq, radius, selector, params):
@@ -94,7 +95,8 @@ def range_search_padded(index, xq, radius, max_results: int, *,
     capacity = check_k(max_results)
     if is_traced(index, xq, radius, selector):
         return _range_impl(index, xq, radius, capacity, selector, params)[0]
-    return _range_jit(index, xq, radius, capacity, selector, *params)[0]
+    return _range_jit(index.search_compiler_options(xq.shape[0]), index, xq, radius,
+                      capacity, selector, *params)[0]
 
 
 def range_search(index, xq, radius, *, selector: IDSelector | None = None, **params):
@@ -114,8 +116,9 @@ def range_search(index, xq, radius, *, selector: IDSelector | None = None, **par
 
     def run(queries, capacity):
         bucket = batching.bucket(queries.shape[0], batching.QUERY_BUCKETS)
-        result, ok = _range_jit(index, batching.pad_rows(queries, bucket), radius,
-                                capacity, selector, *params)
+        result, ok = _range_jit(index.search_compiler_options(bucket), index,
+                                batching.pad_rows(queries, bucket), radius, capacity,
+                                selector, *params)
         n = queries.shape[0]
         ok = batching.host_view(ok)[:n]
         if not ok.all():

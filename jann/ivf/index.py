@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jann import _storage
+from jann import _storage, programs
 from jann._pytree import pytree_dataclass, static
 from jann.errors import InvalidInputError
 from jann.flat import FlatIndex
@@ -323,6 +323,15 @@ class IVFIndex(_storage.ListedRows, Index):
         if self.exhaustive or self.nlist == 1:
             return {}
         return {"nprobe": nprobe_values(self.nlist)}
+
+    def search_compiler_options(self, nq: int) -> tuple:
+        """Product codes: `programs.PRODUCT_CODE_OPTIONS`, except for large batches over
+        one list (the tiled brute force of "PQ16" was faster with XLA's defaults there)."""
+        decode = self.codec.kernel_decode()
+        if decode is None or decode.kind != "pq" or \
+                (self.nlist == 1 and nq > programs.PRODUCT_CODE_MAX_ONE_LIST_QUERIES):
+            return ()
+        return programs.PRODUCT_CODE_OPTIONS
 
     def search_core(self, xq, k: int, selector=None, nprobe_bucket: int = 1, nprobe=None,
                     n_queries=None, quantizer_ef=None, backend: str = "auto"):

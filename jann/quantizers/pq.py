@@ -115,19 +115,46 @@ def _subvectors(x: jax.Array, M: int) -> jax.Array:
     return x.astype(jnp.float32).reshape(x.shape[0], M, x.shape[1] // M)
 
 
+# Sub-spaces at most this wide are computed as dsub broadcast multiply-adds, which XLA
+# fuses into one loop over the (n, M, ksub) output (or straight into the argmin of
+# `nearest_subcodes`); as a batched dot the contraction is too short for a matrix kernel.
+# Measured on XLA CPU (2 threads, 4096 rows x 256 centroids, einsum -> multiply-adds):
+# M 16 x dsub 8: 48 -> 26 ms; M 48 x 8: 179 -> 80; M 32 x 4: 115 -> 45; M 64 x 2:
+# 223 -> 77; M 8 x 16: 37 -> 23; M 4 x 32: 17 -> 16.
+_NARROW_SUBSPACE = 32
+
+
 def _subspace_dots(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
     """(n, M, dsub) x (M, ksub, dsub) -> (n, M, ksub) inner products, full float32."""
+    if x_sub.shape[-1] <= _NARROW_SUBSPACE:
+        return _summed_over_dsub(lambda j: x_sub[:, :, None, j] * centroids[None, :, :, j],
+                                 x_sub.shape[-1])
     return jnp.einsum("nmd,mkd->nmk", x_sub, centroids, precision=_HIGHEST)
+
+
+def _summed_over_dsub(term, dsub: int) -> jax.Array:
+    total = term(0)
+    for j in range(1, dsub):
+        total = total + term(j)
+    return total
 
 
 def nearest_subcodes(x_sub: jax.Array, centroids: jax.Array) -> jax.Array:
     """Index of the nearest centroid in each sub-space: (n, M, dsub) -> (n, M) int32.
 
-    Ranks by ||c||^2 - 2 <x, c> (||x||^2 is common to all candidates), so a centroid
-    given as input wins against any other that is not numerically equal to it.
+    Narrow sub-spaces rank by the squared distance summed over the sub-space (fused into
+    the argmin: no (n, M, ksub) scores in memory; 8192 rows of M 16 x dsub 8 against 256
+    centroids in 62 ms instead of 314); wider ones by ||c||^2 - 2 <x, c> (||x||^2 is
+    common to all candidates). Either way a centroid given as input wins against any
+    other that is not numerically equal to it.
     """
-    c_norms = jnp.sum(centroids * centroids, axis=-1)
-    scores = c_norms[None] - 2.0 * _subspace_dots(x_sub, centroids)
+    if x_sub.shape[-1] <= _NARROW_SUBSPACE:
+        scores = _summed_over_dsub(
+            lambda j: jnp.square(x_sub[:, :, None, j] - centroids[None, :, :, j]),
+            x_sub.shape[-1])
+    else:
+        c_norms = jnp.sum(centroids * centroids, axis=-1)
+        scores = c_norms[None] - 2.0 * _subspace_dots(x_sub, centroids)
     return jnp.argmin(scores, axis=-1).astype(jnp.int32)
 
 
