@@ -40,20 +40,20 @@ _refused: set = set()
 def jit(fun, **jit_kwargs):
     """`fun` compiled once per set of options: call(options, *args) runs the program
     compiled with `options` (a tuple of (name, value) pairs; () for XLA's defaults)."""
-    programs = {}
+    compiled = {}
 
     def call(options, *args, **kwargs):
         options = () if options in _refused else tuple(options)
-        if options not in programs:
-            programs[options] = jax.jit(fun, compiler_options=dict(options) or None,
+        if options not in compiled:
+            compiled[options] = jax.jit(fun, compiler_options=dict(options) or None,
                                         **jit_kwargs)
         try:
-            return programs[options](*args, **kwargs)
+            return compiled[options](*args, **kwargs)
         except jax.errors.JaxRuntimeError as e:
             if not any(name in str(e) for name, _ in options):
                 raise
             _refused.add(options)
             return call((), *args, **kwargs)
 
-    call.programs = programs
+    call.compiled = compiled
     return call

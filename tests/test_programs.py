@@ -26,12 +26,12 @@ def test_product_codes_take_their_options_and_wrappers_pass_them_on():
 def test_a_search_with_options_compiles_once_and_matches_xla_defaults(rng):
     x = rng.standard_normal((1000, 16)).astype(np.float32)
     index = jann.add(jann.train(jann.index_factory(16, "IVF8,PQ4x4"), x, key=0), x)
-    before = len(jann.api._search_jit.programs)
+    before = len(jann.api._search_jit.compiled)
     D, I = jann.search(index, x[:5], 4, nprobe=4)
     D2, I2 = jann.search(index, x[5:10], 4, nprobe=4)
-    program = jann.api._search_jit.programs[programs.PRODUCT_CODE_OPTIONS]
+    program = jann.api._search_jit.compiled[programs.PRODUCT_CODE_OPTIONS]
     assert program._cache_size() == 1
-    assert len(jann.api._search_jit.programs) <= before + 1
+    assert len(jann.api._search_jit.compiled) <= before + 1
     static, dynamic = jann.api.search_program_params(index, {"nprobe": 4})
     D0, I0, _ = jann.api._search_jit((), index, x[:5], 4, None, static, dynamic)
     np.testing.assert_array_equal(np.asarray(I), np.asarray(I0))
