@@ -143,11 +143,21 @@ def pairwise_distances_reference(x, y, metric: str = "l2", p: float = 2.0) -> ja
     return _elementwise(metric, p)(x[:, None, :], y[None, :, :])
 
 
-def dot(x: jax.Array, y: jax.Array) -> jax.Array:
+def dot(x: jax.Array, y: jax.Array, *, rows_first: bool = False) -> jax.Array:
+    """x @ y.T in float32. rows_first: computed as (y @ x.T).T, y's rows as the matmul's
+    left operand; the transpose is kept apart (an optimisation barrier) because XLA
+    folds it back into the product. XLA CPU's batched matmul (YNNPACK, jax 0.10, AVX2)
+    ran 1.3-3.1x faster that way for a few queries against a block of rows: 16 products
+    of 8 queries x 128 rows at d = 128 / 384 / 784: 228 -> 151 us, 366 -> 204 us,
+    2835 -> 915 us; at 64 queries 1.08x; at 256 queries (more queries than rows) 0.92x.
+    Not for a Flat search's tiles, where it lost 12-20%."""
     # Storage may be fp16/bf16: upcast so products accumulate in float32, and ask for full
     # float32 precision so accelerators do not silently drop to TF32.
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    if rows_first:
+        return jax.lax.optimization_barrier(dot(y, x)).T
     return jax.lax.dot_general(
-        x.astype(jnp.float32), y.astype(jnp.float32), (((1,), (1,)), ((), ())),
+        x, y, (((1,), (1,)), ((), ())),
         precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
@@ -157,14 +167,15 @@ def broadcast_rows(ny: int, d: int) -> int:
 
 
 def pairwise_scores(x: jax.Array, y: jax.Array, metric: str, p: float = 2.0, *,
-                    y_sqnorms: jax.Array | None = None) -> jax.Array:
+                    y_sqnorms: jax.Array | None = None, rows_first: bool = False) -> jax.Array:
     """Metric values between rows of x (nx, d) and y (ny, d), as float32 (nx, ny).
 
     `metric` must be canonical. For cosine both sides are expected normalised already
-    (indexes normalise at add time). `y_sqnorms` lets an index pass cached norms for l2.
+    (indexes normalise at add time). `y_sqnorms` lets an index pass cached norms for l2;
+    `rows_first`: see `dot`.
     """
     if metric in _MATMUL_METRICS:
-        dots = dot(x, y)
+        dots = dot(x, y, rows_first=rows_first)
         if metric == "l2":
             yn = squared_norms(y) if y_sqnorms is None else y_sqnorms
             return jnp.maximum(squared_norms(x)[:, None] + yn[None, :] - 2.0 * dots, 0.0)

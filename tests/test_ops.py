@@ -30,6 +30,18 @@ def test_pairwise_matches_numpy_oracle(metric, rng):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_rows_first_product_matches_oracle_under_vmap_and_jit(metric, rng):
+    """The IVF scan's products with the rows as the left operand (a transpose behind an
+    optimisation barrier), batched as the scan's work items are."""
+    from jann.ops.distances import pairwise_scores
+    x, y = rng.standard_normal((3, 4, 24)), rng.standard_normal((3, 40, 24))
+    got = jax.jit(jax.vmap(lambda a, b: pairwise_scores(a, b, metric, rows_first=True)))(
+        x.astype(np.float32), y.astype(np.float32))
+    want = np.stack([oracle_pairwise(a, b, metric) for a, b in zip(x, y)])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("metric", sorted(FAISS_METRICS))
 def test_pairwise_matches_faiss(metric, rng):
     x, y = data_for(metric, rng, 20, 16), data_for(metric, rng, 30, 16)
