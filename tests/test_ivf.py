@@ -390,20 +390,25 @@ def test_gathered_and_list_major_scans_agree(data, monkeypatch, description, met
                 assert ((found >= 1000) & (found < 5000)).all()
 
 
-@pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_folded_row_chunks_give_the_exact_top_k(data, monkeypatch, metric):
+@pytest.mark.parametrize("metric,nq,query_group", [("l2", 40, 8), ("ip", 40, 8),
+                                                    ("l2", 12, 1)])
+def test_folded_row_chunks_give_the_exact_top_k(data, monkeypatch, metric, nq,
+                                                query_group):
     """The list-major scan keeps a pair's first row chunk whole and folds later chunks
     into k running slots: with row chunks forced to an eighth of a mean list (most
     lists span several chunks, the last one moved back at the end of the storage), it
-    gives the brute-force top-k over the probed lists."""
+    gives the brute-force top-k over the probed lists; with items of 8 queries and of
+    one (the group of 2 a mean of 2.25 queries per list would get is halved), both
+    computing their products rows first."""
     from jann.ivf import list_major
     xb, xq, _ = data
     index = jann.add(_ivf_flat(xb[:3000], 16, metric=metric), xb[:4000])
-    q = index.prepare(jax.numpy.asarray(xq[:40]))
+    q = index.prepare(jax.numpy.asarray(xq[:nq]))
     lists = index.probe(q, 3)
     monkeypatch.setattr(list_major, "MIN_ROW_CHUNK", 8)
     monkeypatch.setattr(list_major, "ROW_CHUNK_FACTOR", 1 / 8)
-    assert list_major.scan_shape(index, 40, 3, K)["row_chunk"] == 32
+    shape = list_major.scan_shape(index, nq, 3, K)
+    assert (shape["row_chunk"], shape["query_group"]) == (32, query_group)
     offsets, x = np.asarray(index.offsets), np.asarray(index.codec.decode(index.payload))
     ids, qn = np.asarray(index.ids), np.asarray(q, np.float64)
     d, i = jax.jit(lambda q, l: list_major.scan(index, q, l, K))(q, lists)
