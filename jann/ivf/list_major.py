@@ -29,8 +29,10 @@ fashion-mnist IVF1024,Flat (8) 2000 queries, 16 -> 8: 7.4k -> 8.1k, 256 queries,
 2 -> 1: 2.4k -> 2.7k and 3.7k -> 5.6k in two runs; debian-minilm IVF1024,Flat (91)
 256 queries, 16 -> 8: 1.59k -> 1.95k. Halving where the rule does not: sift 256
 queries 8 -> 4 0.95x (SQ8 0.92x), debian 2000 queries 128 -> 64 0.84x, debian
-IVF1024,PQ48 2000 queries 8 -> 4 0.95x. Batches pass through in blocks of at most `SCAN_QUERY_BLOCK`
-queries so that a padded batch's empty blocks are skipped.
+IVF1024,PQ48 2000 queries 8 -> 4 0.95x.
+
+Batches pass through in blocks of at most `SCAN_QUERY_BLOCK` queries so that a padded
+batch's empty blocks are skipped.
 
 PQ codes: a work item with many queries decodes its Lc codes once and scores them for
 all Qc queries with one matmul against the residuals (one decode serves Qc queries, no
